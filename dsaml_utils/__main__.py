@@ -1,0 +1,3 @@
+from dsaml_utils.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,9 @@
+"""Errors that the CLI reports as one clear line (exit status 2) instead of a traceback."""
+
+
+class UserError(Exception):
+    """A problem with the user's input or files; the message names the file and what is wrong."""
+
+
+class DataError(UserError):
+    """A dataset file is missing, unreadable or inconsistent."""
