@@ -13,6 +13,7 @@ from dsaml_utils.errors import UserError
 COMMAND_MODULES = [
     "dsaml_utils.synth",    # dsaml synth
     "dsaml_utils.data",     # dsaml inspect
+    "dsaml_utils.workbook",  # dsaml workbook
 ]
 
 

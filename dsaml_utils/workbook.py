@@ -1,0 +1,333 @@
+"""`dsaml workbook`: run every notebook in notebooks/ in order with the same parameters (papermill).
+
+Layout of one run (``--out``, default ``runs/<dataset>-<preset>``)::
+
+    <run>/notebooks/NN_*.ipynb   executed copies, outputs included
+    <run>/...                    checkpoints, histories and results the notebooks write
+    <run>/workbook.json          parameters, kernel, and time per notebook
+
+Figures go to ``figures/<dataset>/`` (PNG, plus SVG) and tables to ``figures/<dataset>/tables/``
+(Markdown with a provenance line, plus CSV), so the repository's figures/ directory holds the latest
+quick or paper run; the smoke preset writes both under the run directory instead. Every notebook gets
+the parameters of `WorkbookParams` (papermill injects them after the cell tagged "parameters").
+
+Inside a notebook, `Session` turns those parameters into paths, a provenance stamp, the dataset and
+the preset's settings, so that the notebooks stay thin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from dsaml_utils.errors import DataError, UserError
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = REPO / "notebooks"
+PRESETS = ("smoke", "quick", "paper")
+KERNEL = "dsaml"
+PARAMETER_NAMES = ("dataset", "root", "preset", "seed", "run_dir", "figures_dir", "tables_dir", "device")
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; carries the notebook, the failing cell and the executed copy."""
+
+    def __init__(self, notebook: str, cell: int | None, source: str, error: str, executed: Path):
+        self.notebook, self.cell, self.source, self.error, self.executed = notebook, cell, source, error, executed
+        first = (source.strip().splitlines() or [""])[0][:100]
+        where = f"cell {cell} (`{first}`)" if cell is not None else "before any cell ran"
+        super().__init__(f"notebook {notebook} failed in {where}: {error}\n  executed copy: {executed}")
+
+
+@dataclass
+class WorkbookParams:
+    """The parameters every notebook receives (all paths absolute strings, so papermill can pass them)."""
+
+    dataset: str = "synthetic"  # "synthetic", "deam" or "pmemo"
+    root: str = str(REPO / "data" / "synthetic")  # dataset root directory
+    preset: str = "quick"  # "smoke" (seconds, fixtures), "quick" (CPU, minutes) or "paper" (GPU, hours)
+    seed: int = 0  # seeds data generation, sampling and initialisation
+    run_dir: str = str(REPO / "runs" / "synthetic-quick")  # checkpoints, results, executed notebooks
+    figures_dir: str = str(REPO / "figures" / "synthetic")  # PNG/SVG figures
+    tables_dir: str = str(REPO / "figures" / "synthetic" / "tables")  # Markdown/CSV tables
+    device: str = "cpu"  # torch device for training ("cpu", "cuda", "cuda:1", ...)
+
+
+def default_params(
+    preset: str = "quick",
+    dataset: str = "synthetic",
+    root: str | Path | None = None,
+    out: str | Path | None = None,
+    figures: str | Path | None = None,
+    seed: int = 0,
+    device: str | None = None,
+) -> WorkbookParams:
+    """Fill in every path the user left out (see the module docstring for the layout)."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if dataset not in ("synthetic", "deam", "pmemo"):
+        raise UserError(f"unknown dataset {dataset!r}; choose synthetic, deam or pmemo")
+    run = Path(out) if out else REPO / "runs" / f"{dataset}-{preset}"
+    if root is None:
+        if dataset != "synthetic":
+            raise UserError(f"--root is required for dataset {dataset!r} (the directory you unpacked it to)")
+        root = run / "data" / "synthetic" if preset == "smoke" else REPO / "data" / "synthetic"
+    if figures is None:
+        figures = run / "figures" if preset == "smoke" else REPO / "figures" / dataset
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    figures = Path(figures).resolve()
+    return WorkbookParams(dataset=dataset, root=str(Path(root).resolve()), preset=preset, seed=int(seed),
+                          run_dir=str(run.resolve()), figures_dir=str(figures),
+                          tables_dir=str(figures / "tables"), device=device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Notebooks on disk
+
+
+def list_notebooks(notebooks_dir: str | Path = NOTEBOOKS_DIR, only: list[str] | None = None) -> list[Path]:
+    """The numbered notebooks (NN_name.ipynb) in order, restricted to the `only` numbers or names."""
+    nbs = sorted(p for p in Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
+    if not nbs:
+        raise UserError(f"no numbered notebooks (NN_name.ipynb) in {notebooks_dir}")
+    if not only:
+        return nbs
+    picked = []
+    for want in only:
+        hits = [p for p in nbs if p.stem == want or p.name == want or p.stem.split("_")[0] == want.zfill(2)]
+        if not hits:
+            raise UserError(f"--only {want!r} matches no notebook; have {', '.join(p.stem for p in nbs)}")
+        picked += [p for p in hits if p not in picked]
+    return sorted(picked)
+
+
+def parameters_cell(nb: nbformat.NotebookNode) -> int | None:
+    """Index of the cell tagged "parameters" (None when there is none)."""
+    for i, cell in enumerate(nb.cells):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return i
+    return None
+
+
+def storage_problems(path: str | Path) -> list[str]:
+    """What keeps a stored notebook from being clean: outputs, execution counts, no parameters cell."""
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None):
+            problems.append(f"{path.name}: cell {i} has stored outputs or an execution count")
+    if parameters_cell(nb) is None:
+        problems.append(f"{path.name}: no cell tagged 'parameters'")
+    kernel = nb.metadata.get("kernelspec", {}).get("name")
+    if kernel != KERNEL:
+        problems.append(f"{path.name}: kernelspec is {kernel!r}, not {KERNEL!r}")
+    return problems
+
+
+def strip_outputs(path: str | Path) -> bool:
+    """Remove outputs and execution counts from a notebook in place; True when it changed."""
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
+            cell.outputs, cell.execution_count, changed = [], None, True
+        if cell.cell_type == "code" and "execution" in cell.metadata:
+            del cell.metadata["execution"]
+            changed = True
+    if changed:
+        nbformat.write(nb, path)
+    return changed
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running
+
+
+def pick_kernel(preferred: str = KERNEL) -> str:
+    """The project's kernel when installed, else "python3" (with a message saying how to install it)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    specs = KernelSpecManager().find_kernel_specs()
+    if preferred in specs:
+        return preferred
+    print(f"dsaml workbook: kernel {preferred!r} is not installed; using 'python3' (install it with "
+          f"`{sys.executable} -m ipykernel install --sys-prefix --name {preferred} "
+          f"--display-name 'Python ({preferred})'`, which `make venv` does)", file=sys.stderr)
+    return "python3"
+
+
+def ensure_dataset(params: WorkbookParams) -> Path:
+    """The dataset root; a missing synthetic dataset is generated (tiny for the smoke preset)."""
+    root = Path(params.root)
+    if params.dataset == "synthetic":
+        from dsaml_utils import synth
+
+        if not synth.is_generated(root):
+            cfg = synth.SynthConfig.smoke() if params.preset == "smoke" else synth.SynthConfig()
+            print(f"dsaml workbook: generating the synthetic dataset into {root}", file=sys.stderr)
+            synth.generate(root, dataclasses.replace(cfg, seed=params.seed))
+    elif not root.is_dir():
+        raise DataError(f"{root}: dataset root for {params.dataset!r} does not exist")
+    return root
+
+
+def run_notebook(src: Path, dest: Path, params: WorkbookParams, kernel: str, progress: bool = False) -> None:
+    """Execute one notebook into `dest`; raises NotebookFailed naming the failing cell."""
+    import papermill as pm
+    from jupyter_client.manager import AsyncKernelManager
+    from papermill.exceptions import PapermillExecutionError
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dsaml-kernel-") as sock:
+        # IPC sockets in a private directory: no open TCP ports, and no warning about them.
+        km = AsyncKernelManager(kernel_name=kernel, transport="ipc", ip=str(Path(sock) / "kernel"))
+        try:
+            pm.execute_notebook(str(src), str(dest), parameters=dataclasses.asdict(params),
+                                kernel_name=kernel, km=km, progress_bar=progress, cwd=str(src.parent))
+        except PapermillExecutionError as exc:
+            raise NotebookFailed(src.name, exc.cell_index, exc.source, f"{exc.ename}: {exc.evalue}", dest) from None
+
+
+def run_workbook(
+    params: WorkbookParams,
+    notebooks_dir: str | Path = NOTEBOOKS_DIR,
+    only: list[str] | None = None,
+    cell_progress: bool = False,
+    kernel: str | None = None,
+) -> dict:
+    """Run the notebooks in order; returns (and writes to <run>/workbook.json) what ran and how long."""
+    from tqdm.auto import tqdm
+
+    nbs = list_notebooks(notebooks_dir, only)
+    kernel = kernel or pick_kernel()
+    run = Path(params.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    ensure_dataset(params)
+    record = {"params": dataclasses.asdict(params), "kernel": kernel, "notebooks": []}
+    bar = tqdm(nbs, desc="notebooks", unit="nb")
+    try:
+        for nb in bar:
+            bar.set_postfix_str(nb.stem)
+            start = time.perf_counter()
+            run_notebook(nb, run / "notebooks" / nb.name, params, kernel, cell_progress)
+            record["notebooks"].append({"name": nb.stem, "seconds": round(time.perf_counter() - start, 2)})
+    finally:
+        bar.close()
+        (run / "workbook.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _cli(args: argparse.Namespace) -> int:
+    if args.strip:
+        for nb in list_notebooks(args.notebooks, args.only):
+            if strip_outputs(nb):
+                print(f"stripped {nb}")
+        return 0
+    params = default_params(args.preset, args.dataset, args.root, args.out, args.figures, args.seed, args.device)
+    print(f"dsaml workbook: preset {params.preset}, dataset {params.dataset} ({params.root})\n"
+          f"  run: {params.run_dir}\n  figures: {params.figures_dir}\n  tables: {params.tables_dir}",
+          file=sys.stderr)
+    try:
+        record = run_workbook(params, args.notebooks, args.only, args.cell_progress)
+    except NotebookFailed as exc:
+        print(f"dsaml workbook: error: {exc}", file=sys.stderr)
+        return 1
+    total = sum(n["seconds"] for n in record["notebooks"])
+    for n in record["notebooks"]:
+        print(f"  {n['name']:<34} {n['seconds']:8.1f} s")
+    print(f"  {'total':<34} {total:8.1f} s")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add `dsaml workbook`."""
+    p = subparsers.add_parser("workbook", help="run every notebook (papermill) and regenerate figures/tables",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=PRESETS, default="quick",
+                   help="smoke: seconds on tiny fixtures; quick: CPU, < 20 min; paper: the paper's settings")
+    p.add_argument("--dataset", choices=("synthetic", "deam", "pmemo"), default="synthetic")
+    p.add_argument("--root", help="dataset root (default: data/synthetic, generated when absent)")
+    p.add_argument("--out", help="run directory (default: runs/<dataset>-<preset>)")
+    p.add_argument("--figures", help="figures directory (default: figures/<dataset>; smoke: <run>/figures)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (numbers or names)")
+    p.add_argument("--notebooks", default=str(NOTEBOOKS_DIR), help=argparse.SUPPRESS)
+    p.add_argument("--cell-progress", action="store_true", help="show papermill's per-cell progress bar")
+    p.add_argument("--strip", action="store_true",
+                   help="instead of running, remove outputs from the stored notebooks (after editing them)")
+    p.set_defaults(func=_cli)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inside a notebook
+
+
+class Session:
+    """What a notebook needs from its parameters: paths, provenance, the dataset, figure/table saving."""
+
+    def __init__(self, dataset: str, root: str, preset: str, seed: int, run_dir: str, figures_dir: str,
+                 tables_dir: str, device: str = "cpu"):
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        self.params = WorkbookParams(dataset, str(root), preset, int(seed), str(run_dir), str(figures_dir),
+                                     str(tables_dir), device)
+        self.root, self.run_dir = Path(root), Path(run_dir)
+        self.figures_dir, self.tables_dir = Path(figures_dir), Path(tables_dir)
+        for d in (self.run_dir, self.figures_dir, self.tables_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.dataset_name, self.preset, self.seed, self.device = dataset, preset, int(seed), device
+        self._ds = None
+        seed_everything(self.seed)
+        warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
+
+    @property
+    def provenance(self) -> dict:
+        """The stamp on every figure and table: data, preset, seed."""
+        return {"data": f"{self.dataset_name} ({self.root.name})", "preset": self.preset, "seed": self.seed}
+
+    def save(self, fig, name: str, svg: bool = True) -> list[Path]:
+        """Save a figure into the figures directory (left open so the notebook shows it)."""
+        from dsaml_utils.plots import save_figure
+
+        return save_figure(fig, name, self.figures_dir, svg=svg)
+
+    def table(self, df, name: str, title: str | None = None) -> Path:
+        """Save a table (Markdown + CSV) into the tables directory; returns the Markdown path."""
+        from dsaml_utils.plots import save_table
+
+        return save_table(df, name, self.tables_dir, self.provenance, title=title)[0]
+
+    def dataset(self):
+        """The dataset (generated first when synthetic and absent), loaded once."""
+        if self._ds is None:
+            from dsaml_utils.data import load_dataset
+
+            ensure_dataset(self.params)
+            self._ds = load_dataset(self.dataset_name, self.root)
+        return self._ds
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,152 @@
+"""Tests for dsaml_utils.workbook: notebook discovery, storage checks, parameters, failure reporting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from dsaml_utils import workbook
+from dsaml_utils.errors import DataError, UserError
+
+
+def _write_nb(path: Path, *sources: str, params: str = "x = 1", outputs: bool = False) -> Path:
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    cells = [p] + [nbformat.v4.new_code_cell(s) for s in sources]
+    if outputs:
+        cells[-1].outputs = [nbformat.v4.new_output("stream", text="hi\n")]
+        cells[-1].execution_count = 3
+    nb.cells = cells
+    nb.metadata["kernelspec"] = {"name": "dsaml", "display_name": "Python (dsaml)", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def _main(argv: list[str]) -> int:
+    """`dsaml workbook ...` through this module's own subparser (independent of the other commands)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="dsaml")
+    workbook.register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_list_notebooks_orders_and_filters(tmp_path):
+    for name in ["02_b", "00_a", "10_c", "notes"]:
+        _write_nb(tmp_path / f"{name}.ipynb")
+    assert [p.stem for p in workbook.list_notebooks(tmp_path)] == ["00_a", "02_b", "10_c"]
+    assert [p.stem for p in workbook.list_notebooks(tmp_path, ["10", "2", "00_a"])] == ["00_a", "02_b", "10_c"]
+    with pytest.raises(UserError, match="matches no notebook"):
+        workbook.list_notebooks(tmp_path, ["07"])
+    with pytest.raises(UserError, match="no numbered notebooks"):
+        workbook.list_notebooks(tmp_path / "empty")
+
+
+def test_storage_problems_and_strip_outputs(tmp_path):
+    clean = _write_nb(tmp_path / "00_clean.ipynb", "print(x)")
+    assert workbook.storage_problems(clean) == []
+    dirty = _write_nb(tmp_path / "01_dirty.ipynb", "print(x)", outputs=True)
+    assert workbook.storage_problems(dirty) == ["01_dirty.ipynb: cell 1 has stored outputs or an execution count"]
+    assert workbook.strip_outputs(dirty) is True
+    assert workbook.storage_problems(dirty) == []
+    assert workbook.strip_outputs(dirty) is False
+    nb = nbformat.read(clean, as_version=4)
+    nb.cells[0].metadata["tags"] = []
+    nb.metadata["kernelspec"]["name"] = "python3"
+    nbformat.write(nb, clean)
+    assert workbook.storage_problems(clean) == [
+        "00_clean.ipynb: no cell tagged 'parameters'", "00_clean.ipynb: kernelspec is 'python3', not 'dsaml'"]
+
+
+def test_default_params_layout(tmp_path):
+    p = workbook.default_params("quick", device="cpu")
+    assert p.root == str(workbook.REPO / "data" / "synthetic")
+    assert p.run_dir == str(workbook.REPO / "runs" / "synthetic-quick")
+    assert p.figures_dir == str(workbook.REPO / "figures" / "synthetic")
+    assert p.tables_dir == str(workbook.REPO / "figures" / "synthetic" / "tables")
+    s = workbook.default_params("smoke", out=tmp_path / "run", seed=3, device="cpu")
+    assert s.root == str(tmp_path / "run" / "data" / "synthetic")
+    assert s.figures_dir == str(tmp_path / "run" / "figures") and s.seed == 3
+    d = workbook.default_params("paper", "deam", root=tmp_path, device="cuda")
+    assert d.run_dir.endswith("deam-paper") and d.figures_dir.endswith("figures/deam") and d.device == "cuda"
+    assert set(json.loads(json.dumps(p.__dict__))) == set(workbook.PARAMETER_NAMES)
+    with pytest.raises(UserError, match="--root is required"):
+        workbook.default_params("quick", "deam")
+    with pytest.raises(UserError, match="unknown preset"):
+        workbook.default_params("huge")
+    with pytest.raises(UserError, match="unknown dataset"):
+        workbook.default_params("quick", "mer1101")
+
+
+def test_pick_kernel_falls_back_with_message(capsys):
+    assert workbook.pick_kernel("python3") == "python3"
+    assert capsys.readouterr().err == ""
+    assert workbook.pick_kernel("no-such-kernel-xyz") == "python3"
+    assert "'no-such-kernel-xyz' is not installed" in capsys.readouterr().err
+
+
+def test_ensure_dataset_checks_real_roots(tmp_path):
+    p = workbook.default_params("quick", "deam", root=tmp_path / "missing", device="cpu")
+    with pytest.raises(DataError, match="missing: dataset root for 'deam' does not exist"):
+        workbook.ensure_dataset(p)
+    p = workbook.default_params("quick", "deam", root=tmp_path, device="cpu")
+    assert workbook.ensure_dataset(p) == tmp_path
+
+
+def test_run_reports_failing_cell_and_cli_exits_nonzero(tmp_path, capsys):
+    """One kernel start: a passing notebook, then a failing one that stops the run."""
+    nbs = tmp_path / "nbs"
+    _write_nb(nbs / "00_ok.ipynb", "from pathlib import Path\nPath(run_dir, 'seen.txt').write_text(preset + dataset)",
+              params="preset = 'x'\ndataset = 'y'\nrun_dir = '.'")
+    _write_nb(nbs / "01_bad.ipynb", "y = 2", "raise ValueError('broken on purpose')\n# second line")
+    _write_nb(nbs / "02_never.ipynb", "open('never', 'w')")
+    run = tmp_path / "run"
+    argv = ["workbook", "--preset", "smoke", "--dataset", "deam", "--root", str(tmp_path), "--out", str(run),
+            "--notebooks", str(nbs), "--device", "cpu"]
+    assert _main(argv) == 1
+    err = capsys.readouterr().err
+    assert "notebook 01_bad.ipynb failed in cell" in err
+    assert "`raise ValueError('broken on purpose')`" in err and "ValueError: broken on purpose" in err
+    assert (run / "seen.txt").read_text() == "smokedeam"  # parameters were injected
+    executed = nbformat.read(run / "notebooks" / "01_bad.ipynb", as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    assert not (run / "notebooks" / "02_never.ipynb").exists()
+    record = json.loads((run / "workbook.json").read_text())
+    assert [n["name"] for n in record["notebooks"]] == ["00_ok"] and record["params"]["preset"] == "smoke"
+
+
+def test_cli_strip(tmp_path, capsys):
+    dirty = _write_nb(tmp_path / "05_x.ipynb", "1", outputs=True)
+    assert _main(["workbook", "--strip", "--notebooks", str(tmp_path)]) == 0
+    assert "stripped" in capsys.readouterr().out and workbook.storage_problems(dirty) == []
+
+
+def test_session_paths_provenance_and_saving(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from dsaml_utils import plots
+
+    s = workbook.Session("deam", str(tmp_path / "DEAM"), "smoke", 5, str(tmp_path / "run"),
+                         str(tmp_path / "figs"), str(tmp_path / "figs" / "tables"), "cpu")
+    assert s.provenance == {"data": "deam (DEAM)", "preset": "smoke", "seed": 5}
+    fig = plots.stamp(__import__("matplotlib.pyplot").pyplot.figure(), s.provenance)
+    assert [p.name for p in s.save(fig, "f")] == ["f.png", "f.svg"]
+    md = s.table(pd.DataFrame({"a": [1]}), "t", title="T")
+    assert md == tmp_path / "figs" / "tables" / "t.md" and "preset: smoke" in md.read_text()
+    with pytest.raises(UserError, match="unknown preset"):
+        workbook.Session("deam", "r", "big", 0, str(tmp_path), str(tmp_path), str(tmp_path))
+
+
+def test_registered_in_cli():
+    from dsaml_utils import cli
+
+    assert "dsaml_utils.workbook" in cli.COMMAND_MODULES
