@@ -12,11 +12,18 @@ time in seconds named by the annotation column (DEAM's ``sample_15000ms`` is 15.
 
 from __future__ import annotations
 
+import argparse
+import csv
 import dataclasses
+import json
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from dsaml_utils.errors import DataError, UserError
 
 MEAN = "mean"
 """The listener id under which a song's averaged curve is stored."""
@@ -65,6 +72,7 @@ class Song:
     curves: dict[str, Curve] = field(default_factory=dict)  # listener id -> curve; MEAN = average
     static: dict[str, float] | None = None  # song-level {"arousal": a, "valence": v}, when known
     full_length: bool = False  # a full song (DEAM 2001..2058) rather than a 45 s clip
+    mean_std: Curve | None = None  # listeners' std around the MEAN curve, same times (PMEmo only)
 
     @property
     def listeners(self) -> list[str]:
@@ -143,3 +151,181 @@ def personalized_tasks(
                 continue
             tasks.setdefault(lst, []).append(sid)
     return {k: v for k, v in sorted(tasks.items()) if len(v) >= filt.min_songs}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers shared by the dataset loaders (deam.py, pmemo.py): strict CSV reading and a cheap audio check.
+
+
+def read_csv_grid(path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header (names stripped) and (line number, cells) per non-blank row; ragged rows raise DataError."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            header = [h.strip() for h in next(reader, [])]
+            rows = []
+            for cells in reader:
+                if not cells or all(not c.strip() for c in cells):
+                    continue  # blank line
+                if len(cells) != len(header):
+                    raise DataError(
+                        f"{path}: line {reader.line_num} has {len(cells)} fields but the header has "
+                        f"{len(header)}"
+                    )
+                rows.append((reader.line_num, cells))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV ({exc})") from None
+    if not header:
+        raise DataError(f"{path}: empty file (no header)")
+    return header, rows
+
+
+def parse_floats(cells: list[str], path: Path, line: int, names: list[str]) -> np.ndarray:
+    """Cells as float64; empty cells (and 'nan') become NaN; a non-numeric cell raises DataError."""
+    try:
+        return np.array(cells, dtype=np.float64)
+    except ValueError:
+        pass
+    out = np.empty(len(cells), dtype=np.float64)
+    for i, c in enumerate(cells):
+        c = c.strip()
+        if not c:
+            out[i] = np.nan
+            continue
+        try:
+            out[i] = float(c)
+        except ValueError:
+            raise DataError(f"{path}: line {line}, column {names[i]!r}: {c!r} is not a number") from None
+    return out
+
+
+def audio_problem(path: Path) -> str | None:
+    """None when the audio file exists and libsndfile can open it with samples, else a one-line reason."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        return f"{path}: audio file missing"
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, OSError, ValueError) as exc:  # LibsndfileError is a RuntimeError
+        # libsndfile says "File does not exist" for files it cannot parse; the file does exist here.
+        detail = "" if "does not exist" in str(exc) else f": {str(exc).strip().splitlines()[0]}"
+        return f"{path}: audio file not decodable (unknown format or corrupt data{detail})"
+    if info.frames <= 0 or info.samplerate <= 0:
+        return f"{path}: audio file has no samples"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Entry points: load a dataset by name, summarise it, and the `dsaml inspect` subcommand.
+
+DATASETS = ("deam", "pmemo", "synthetic")
+
+
+def load_dataset(name: str, root: str | Path, **kwargs) -> MusicDataset:
+    """Load "deam", "pmemo" or "synthetic" (a DEAM-layout tree written by `dsaml synth`) from root."""
+    if name == "deam":
+        from dsaml_utils.deam import load_deam
+
+        return load_deam(root, **kwargs)
+    if name == "synthetic":
+        from dsaml_utils.deam import load_deam
+
+        return load_deam(root, name="synthetic", **kwargs)
+    if name == "pmemo":
+        from dsaml_utils.pmemo import load_pmemo
+
+        return load_pmemo(root, **kwargs)
+    raise UserError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+
+
+def summarize(ds: MusicDataset) -> dict:
+    """Counts that say what a loaded dataset can be used for, plus its problems (JSON-ready)."""
+    songs = ds.songs.values()
+    split = set(ds.train_ids) | set(ds.test_ids)
+    lengths = [len(s.curves[MEAN]) for s in songs if MEAN in s.curves]
+    summary = {
+        "name": ds.name,
+        "root": str(ds.root),
+        "value_range": list(ds.value_range),
+        "songs_annotated": len(ds.songs),
+        "songs_with_audio": sum(s.audio_path is not None for s in songs),
+        "full_length_songs": sum(s.full_length for s in songs),
+        "static_songs": sum(s.static is not None for s in songs),
+        "train_songs": len(ds.train_ids),
+        "test_songs": len(ds.test_ids),
+        "unsplit_songs": sum(sid not in split for sid in ds.songs),
+        "mean_labels_min": min(lengths, default=0),
+        "mean_labels_max": max(lengths, default=0),
+        "listeners": len(ds.listeners()),
+        "listener_curves": sum(len(s.listeners) for s in songs),
+        "task_listeners_train": len(personalized_tasks(ds, ds.train_ids)),
+        "anonymous_curves": ds.anonymous_curves,
+        "problems": list(ds.problems),
+    }
+    reason = None
+    if not ds.songs:
+        reason = "no annotated songs"
+    elif not ds.train_ids:
+        reason = "no training songs in the paper's split"
+    elif not ds.test_ids:
+        reason = "no test songs in the paper's split"
+    summary["usable"] = reason is None
+    summary["reason"] = reason
+    return summary
+
+
+def format_summary(summary: dict, max_problems: int = 20) -> str:
+    """The summary as a few human-readable lines."""
+    s = summary
+    lines = [
+        f"dataset    {s['name']}  (root {s['root']}, labels in [{s['value_range'][0]}, {s['value_range'][1]}])",
+        f"songs      {s['songs_annotated']} annotated, {s['songs_with_audio']} with audio, "
+        f"{s['full_length_songs']} full-length, {s['static_songs']} with static labels",
+        f"split      train {s['train_songs']}, test {s['test_songs']}, outside the split {s['unsplit_songs']}",
+        f"labels     {s['mean_labels_min']}..{s['mean_labels_max']} mean-curve values per song (2 Hz)",
+        f"listeners  {s['listeners']} identified, {s['listener_curves']} listener-song curves, "
+        f"{s['task_listeners_train']} with a personalized training task (default filters), "
+        f"{s['anonymous_curves']} anonymous rater curves",
+        f"usable     {'yes' if s['usable'] else 'no: ' + s['reason']}",
+        f"problems   {len(s['problems'])}",
+    ]
+    lines += [f"  - {p}" for p in s["problems"][:max_problems]]
+    if len(s["problems"]) > max_problems:
+        lines.append(f"  ... and {len(s['problems']) - max_problems} more (see --json)")
+    return "\n".join(lines)
+
+
+def _inspect_main(args: argparse.Namespace) -> int:
+    """`dsaml inspect`: load, print the summary, exit 2 when the dataset is not usable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # every warning is also listed in the summary's problems
+            ds = load_dataset(args.dataset, args.root)
+    except UserError as exc:
+        if args.json:
+            print(json.dumps({"usable": False, "reason": str(exc)}))
+        raise
+    summary = summarize(ds)
+    print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+    sys.stdout.flush()
+    if not summary["usable"]:
+        raise DataError(f"{args.root}: not usable as {args.dataset}: {summary['reason']}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add `dsaml inspect`."""
+    p = subparsers.add_parser(
+        "inspect", help="load a dataset and report what is usable",
+        description="Load a dataset, print how many songs, listeners and curves it has and every "
+        "problem met; exit status 2 when it cannot be used.",
+    )
+    p.add_argument("--dataset", choices=DATASETS, required=True, help="which loader to use")
+    p.add_argument("--root", type=Path, required=True, help="the dataset's root folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=_inspect_main)
