@@ -1,0 +1,206 @@
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from dsaml_utils import meta
+from dsaml_utils.metrics import dsaml_loss
+
+K = 5  # input features per step
+
+
+class MLP(nn.Module):
+    """Two-layer per-step MLP: frames [B, T, K] -> pred [B, T, 2]."""
+
+    inputs = ("frames",)
+
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(K, 8)
+        self.l2 = nn.Linear(8, 2)
+
+    def forward(self, batch):
+        return {"pred": self.l2(torch.tanh(self.l1(batch["frames"]))),
+                "aux_loss": batch["frames"].new_zeros(())}
+
+
+class Recurrent(nn.Module):
+    """Linear -> BatchNorm -> bidirectional 2-layer LSTM -> LayerNorm -> Linear, plus an auxiliary loss."""
+
+    inputs = ("frames",)
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(K, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.lstm = nn.LSTM(6, 4, num_layers=2, batch_first=True, bidirectional=True)
+        self.ln = nn.LayerNorm(8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, batch):
+        x = self.inp(batch["frames"])
+        x = self.bn(x.transpose(1, 2)).transpose(1, 2)
+        h, _ = self.lstm(torch.relu(x))
+        pred = self.out(self.ln(h))
+        return {"pred": pred, "aux_loss": 0.1 * pred.pow(2).mean()}
+
+
+def make_batch(g, songs, steps=7, pad_last=0):
+    mask = torch.ones(songs, steps, dtype=torch.bool)
+    if pad_last:
+        mask[-1, steps - pad_last:] = False
+    return {"frames": torch.randn(songs, steps, K, generator=g, dtype=torch.float64),
+            "y": torch.rand(songs, steps, 2, generator=g, dtype=torch.float64) * 2 - 1,
+            "mask": mask}
+
+
+def make_tasks(n=3, seed=0, query=3):
+    g = torch.Generator().manual_seed(seed)
+    return [(make_batch(g, 1), make_batch(g, query, pad_last=2)) for _ in range(n)]
+
+
+def grads_of(model):
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+
+
+def meta_grad(model, tasks, cfg, batched):
+    model.zero_grad(set_to_none=True)
+    fn = meta.meta_loss_batched if batched else meta.meta_loss_loop
+    fn(model, tasks, cfg).backward()
+    return grads_of(model)
+
+
+def hand_meta_grad(model, tasks, steps, lr, second_order):
+    """MAML written out: SGD unrolled on cloned weights of the MLP, plain autograd, no meta.py."""
+    theta = [model.l1.weight, model.l1.bias, model.l2.weight, model.l2.bias]
+
+    def f(w, batch):
+        pred = torch.tanh(batch["frames"] @ w[0].T + w[1]) @ w[2].T + w[3]
+        return dsaml_loss(pred, batch["y"], batch["mask"])
+
+    total = 0.0
+    for support, query in tasks:
+        w = [t.clone() for t in theta]
+        for _ in range(steps):
+            g = torch.autograd.grad(f(w, support), w, create_graph=second_order)
+            if not second_order:
+                g = [x.detach() for x in g]
+            w = [wi - lr * gi for wi, gi in zip(w, g)]
+        total = total + f(w, query)
+    grads = torch.autograd.grad(total / len(tasks), theta)
+    return dict(zip(["l1.weight", "l1.bias", "l2.weight", "l2.bias"], grads))
+
+
+def assert_close(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("second_order", [False, True])
+def test_meta_gradient_matches_hand_unrolled_maml(steps, second_order):
+    torch.manual_seed(0)
+    model = MLP().double()
+    tasks = make_tasks()
+    cfg = meta.MetaConfig(inner_steps=steps, inner_lr=0.3, first_order=not second_order)
+    want = hand_meta_grad(model, tasks, steps, 0.3, second_order)
+    assert_close(meta_grad(model, tasks, cfg, batched=False), want)
+    assert_close(meta_grad(model, tasks, cfg, batched=True), want)
+
+
+def test_second_order_differs_from_first_order():
+    torch.manual_seed(0)
+    model = MLP().double()
+    tasks = make_tasks()
+    fo = meta_grad(model, tasks, meta.MetaConfig(inner_steps=3, inner_lr=0.3, first_order=True), True)
+    so = meta_grad(model, tasks, meta.MetaConfig(inner_steps=3, inner_lr=0.3, first_order=False), True)
+    assert max((fo[k] - so[k]).abs().max().item() for k in fo) > 1e-4
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_batched_equals_loop_with_lstm_batchnorm_and_aux_loss(first_order):
+    torch.manual_seed(1)
+    model = Recurrent().double()
+    model.bn.running_mean.uniform_(-0.5, 0.5)
+    tasks = make_tasks(n=3, seed=1)
+    cfg = meta.MetaConfig(inner_steps=2, inner_lr=0.2, first_order=first_order, task_chunk=2)
+    twin = copy.deepcopy(model)
+    assert_close(meta_grad(model, tasks, cfg, batched=True), meta_grad(twin, tasks, cfg, batched=False))
+    # both update the running statistics to the same mean over tasks, and they did change
+    torch.testing.assert_close(model.bn.running_mean, twin.bn.running_mean, atol=1e-9, rtol=0)
+    torch.testing.assert_close(model.bn.running_var, twin.bn.running_var, atol=1e-9, rtol=0)
+    assert not torch.allclose(model.bn.running_var, torch.ones(6, dtype=torch.float64))
+    assert model.bn.num_batches_tracked.item() == cfg.inner_steps + 1
+
+
+def test_functional_lstm_matches_nn_lstm():
+    torch.manual_seed(2)
+    for batch_first in (True, False):
+        lstm = nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=batch_first).double()
+        x = torch.randn(2, 5, 3, dtype=torch.float64)
+        h0 = torch.randn(4, 2 if batch_first else 5, 4, dtype=torch.float64)
+        c0 = torch.randn_like(h0)
+        want = lstm(x, (h0, c0))
+        got = meta.functional_lstm(lstm, x, (h0, c0))
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(got[1][0], want[1][0])
+        torch.testing.assert_close(got[1][1], want[1][1])
+    with meta.vmap_ready(lstm):
+        patched = lstm(x)[0]
+    assert "forward" not in vars(lstm)  # the patch is undone
+    torch.testing.assert_close(patched, lstm(x)[0])
+
+
+def test_functional_norms_match_torch():
+    torch.manual_seed(4)
+    for bn, x in [(nn.BatchNorm1d(3), torch.randn(4, 3, 5)), (nn.BatchNorm2d(3, momentum=None), torch.randn(2, 3, 4, 4)),
+                  (nn.BatchNorm1d(3, affine=False), torch.randn(6, 3))]:
+        bn = bn.double()
+        x = x.double()
+        twin = copy.deepcopy(bn)
+        for _ in range(2):  # train mode twice: the running statistics update identically
+            torch.testing.assert_close(meta.functional_batch_norm(bn, x), twin(x))
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(bn, name), getattr(twin, name))
+        bn.eval(), twin.eval()
+        torch.testing.assert_close(meta.functional_batch_norm(bn, x + 1), twin(x + 1))
+    ln = nn.LayerNorm([3, 4]).double()
+    nn.init.normal_(ln.weight)
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    torch.testing.assert_close(meta.functional_layer_norm(ln, x), ln(x))
+
+
+def test_stack_batches_pads_time_and_rejects_mismatch():
+    g = torch.Generator().manual_seed(0)
+    a, b = make_batch(g, 2, steps=4), make_batch(g, 2, steps=6)
+    s = meta.stack_batches([a, b])
+    assert s["frames"].shape == (2, 2, 6, K) and s["mask"].shape == (2, 2, 6)
+    assert not s["mask"][0, :, 4:].any() and s["mask"][1].all()
+    with pytest.raises(ValueError, match="different shapes"):
+        meta.stack_batches([a, make_batch(g, 3, steps=4)])
+    with pytest.raises(ValueError):
+        meta.meta_loss_batched(MLP().double(), [])
+
+
+def test_meta_step_personalize_and_predict():
+    torch.manual_seed(3)
+    model = MLP().double()
+    tasks = make_tasks(n=2)
+    cfg = meta.MetaConfig(inner_steps=2, inner_lr=0.1, outer_lr=1e-2)
+    opt = meta.meta_optimizer(model, cfg)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    loss = meta.meta_step(model, opt, tasks, cfg, batched=True)
+    assert isinstance(loss, float) and loss == loss
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    support, query = tasks[0]
+    fast = meta.personalize(model, support, meta.MetaConfig(inner_steps=5, inner_lr=0.5))
+    assert all(not v.requires_grad for v in fast.values())
+    base = meta.predict_with(model, meta.trainable_params(model), support)["pred"]
+    adapted = meta.predict_with(model, fast, support)["pred"]
+    # adapting on the support song lowers the loss on it
+    y, m = support["y"], support["mask"]
+    assert dsaml_loss(adapted, y, m) < dsaml_loss(base, y, m)
+    assert meta.predict_with(model, fast, query)["pred"].shape == query["y"].shape
