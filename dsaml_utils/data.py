@@ -185,8 +185,9 @@ def read_csv_grid(path: Path, delimiter: str = ",") -> tuple[list[str], list[tup
 
 def parse_floats(cells: list[str], path: Path, line: int, names: list[str]) -> np.ndarray:
     """Cells as float64; empty cells (and 'nan') become NaN; a non-numeric cell raises DataError."""
-    try:
-        return np.array(cells, dtype=np.float64)
+    try:  # fast path: every cell numeric or empty
+        return np.fromiter((float(c) if c and not c.isspace() else np.nan for c in cells),
+                           np.float64, len(cells))
     except ValueError:
         pass
     out = np.empty(len(cells), dtype=np.float64)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from dsaml_utils.data import (
@@ -198,6 +199,20 @@ def load_pmemo(root: str | Path, *, min_seconds: float = MIN_SECONDS,
     )
 
 
+def _numeric_table(path: Path, delimiter: str) -> tuple[list[str], np.ndarray] | None:
+    """Header and float matrix via pandas' fast parser; None when any cell is empty or not a number."""
+    try:
+        df = pd.read_csv(path, sep=delimiter, skipinitialspace=True, encoding="utf-8-sig")
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
+        return None
+    if len(df) == 0 or not all(pd.api.types.is_numeric_dtype(t) for t in df.dtypes):
+        return None
+    data = df.to_numpy(np.float64)
+    if np.isnan(data).any():
+        return None
+    return [str(c).strip() for c in df.columns], data
+
+
 def load_pmemo_frame_features(
     root: str | Path, *, song_id: str | None = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
@@ -215,7 +230,17 @@ def load_pmemo_frame_features(
     with open(path, encoding="utf-8-sig") as f:
         first = f.readline()
     delimiter = ";" if first.count(";") > first.count(",") else ","
-    header, rows = read_csv_grid(path, delimiter=delimiter)
+    table = _numeric_table(path, delimiter)
+    if table is None:  # something is off: the strict reader finds it and names the line
+        header, rows = read_csv_grid(path, delimiter=delimiter)
+        if not rows:
+            raise DataError(f"{path}: no data rows")
+        data = np.stack([parse_floats(c, path, line, header) for line, c in rows])
+        if np.isnan(data).any():
+            r, c = np.argwhere(np.isnan(data))[0]
+            raise DataError(f"{path}: line {rows[r][0]}, column {header[c]!r}: empty cell")
+    else:
+        header, data = table
     lower = [h.lower() for h in header]
     if "frametime" not in lower:
         raise DataError(f"{path}: no column 'frameTime'")
@@ -225,17 +250,8 @@ def load_pmemo_frame_features(
     names = [header[i] for i in feat_cols]
     if not names:
         raise DataError(f"{path}: no feature columns")
-
-    grid = [cells for _, cells in rows]
-    try:
-        data = np.array(grid, dtype=np.float64)  # fast path: every cell numeric
-    except ValueError:
-        data = np.stack([parse_floats(c, path, line, header) for line, c in rows])
-    if np.isnan(data).any():
-        r, c = np.argwhere(np.isnan(data))[0]
-        raise DataError(f"{path}: line {rows[r][0]}, column {header[c]!r}: empty cell")
     if id_col is None:
-        keys = [song_id or path.stem] * len(rows)
+        keys = [song_id or path.stem] * len(data)
     else:
         if not np.all(data[:, id_col] == np.round(data[:, id_col])):
             raise DataError(f"{path}: column {header[id_col]!r} holds non-integer ids")

@@ -138,5 +138,11 @@ def test_frame_features_bad_cells(tmp_path):
     path.write_text("musicId,frameTime,a,b\n1,15.5,0.1,\n")
     with pytest.raises(DataError, match=r"line 2, column 'b': empty cell"):
         load_pmemo_frame_features(path)
+    path.write_text("musicId,frameTime,a,b\n1,15.5,0.1\n")
+    with pytest.raises(DataError, match=r"f\.csv: line 2 has 3 fields but the header has 4"):
+        load_pmemo_frame_features(path)
+    path.write_text("musicId,frameTime,a,b\n")
+    with pytest.raises(DataError, match="no data rows"):
+        load_pmemo_frame_features(path)
     with pytest.raises(DataError, match="not found"):
         load_pmemo_frame_features(tmp_path / "none")
