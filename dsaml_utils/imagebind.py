@@ -200,13 +200,14 @@ def official_state_dict(model: ImageBindAudio) -> dict[str, torch.Tensor]:
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The audio tensors of a checkpoint, memory-mapped so that other modalities are never read."""
     try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
-        if "mmap" not in str(exc):
-            raise UserError(f"{path}: cannot read this checkpoint ({exc})") from exc
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as exc:  # a legacy (non-zip) file cannot be memory-mapped: read it whole
+            if "mmap" not in str(exc) and "zip" not in str(exc):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"{path}: cannot read this checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise UserError(f"{path}: cannot read this checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
     for wrapper in ("model", "state_dict"):  # some copies nest the state dict one level down
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
