@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "dsaml_utils.synth",    # dsaml synth
     "dsaml_utils.data",     # dsaml inspect
     "dsaml_utils.workbook",  # dsaml workbook
+    "dsaml_utils.encoders",  # dsaml embed, dsaml export-imagebind-audio
 ]
 
 
