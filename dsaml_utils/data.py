@@ -221,6 +221,23 @@ def audio_problem(path: Path) -> str | None:
     return None
 
 
+def attach_audio(songs: dict[str, Song], audio_dir: Path, problems: list[str], check: bool = True,
+                 suffix: str = ".mp3") -> None:
+    """Set each song's audio_path to audio_dir/<id><suffix> when usable; report the others.
+
+    check: open each file with libsndfile (cheap); False only checks that it exists.
+    """
+    from tqdm.auto import tqdm
+
+    for sid in tqdm(list(songs), desc="audio check", disable=len(songs) < 200, leave=False):
+        path = Path(audio_dir) / f"{sid}{suffix}"
+        issue = audio_problem(path) if check else (None if path.is_file() else f"{path}: audio file missing")
+        if issue:
+            problems.append(f"song {sid}: {issue}")
+        else:
+            songs[sid].audio_path = path
+
+
 # ----------------------------------------------------------------------------------------------------
 # Entry points: load a dataset by name, summarise it, and the `dsaml inspect` subcommand.
 
@@ -284,10 +301,12 @@ def format_summary(summary: dict, max_problems: int = 20) -> str:
     """The summary as a few human-readable lines."""
     s = summary
     lines = [
-        f"dataset    {s['name']}  (root {s['root']}, labels in [{s['value_range'][0]}, {s['value_range'][1]}])",
+        f"dataset    {s['name']}  (root {s['root']}, labels in "
+        f"[{s['value_range'][0]}, {s['value_range'][1]}])",
         f"songs      {s['songs_annotated']} annotated, {s['songs_with_audio']} with audio, "
         f"{s['full_length_songs']} full-length, {s['static_songs']} with static labels",
-        f"split      train {s['train_songs']}, test {s['test_songs']}, outside the split {s['unsplit_songs']}",
+        f"split      train {s['train_songs']}, test {s['test_songs']}, "
+        f"outside the split {s['unsplit_songs']}",
         f"labels     {s['mean_labels_min']}..{s['mean_labels_max']} mean-curve values per song (2 Hz)",
         f"listeners  {s['listeners']} identified, {s['listener_curves']} listener-song curves, "
         f"{s['task_listeners_train']} with a personalized training task (default filters), "

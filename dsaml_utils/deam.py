@@ -35,7 +35,7 @@ from dsaml_utils.data import (
     Curve,
     MusicDataset,
     Song,
-    audio_problem,
+    attach_audio,
     parse_floats,
     read_csv_grid,
 )
@@ -352,7 +352,7 @@ def _load_raters(rater_dir: Path, songs: dict[str, Song], problems: list[str]) -
     a_files = {p.stem: p for p in a_dir.glob("*.csv")} if a_dir.is_dir() else {}
     v_files = {p.stem: p for p in v_dir.glob("*.csv")} if v_dir.is_dir() else {}
     anonymous = 0
-    stems = sorted(set(a_files) | set(v_files), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    stems = sorted(set(a_files) | set(v_files), key=lambda s: (len(s), s))  # numeric order for ids
     for stem in tqdm(stems, desc="DEAM rater files", disable=len(stems) < 200, leave=False):
         if stem not in a_files or stem not in v_files:
             have, lack = (a_files, v_dir) if stem in a_files else (v_files, a_dir)
@@ -401,10 +401,4 @@ def _attach_audio(root: Path, songs: dict[str, Song], problems: list[str], check
         tried = ", ".join(str(root / c) for c in AUDIO_DIRS)
         problems.append(f"no audio folder found (tried {tried}): {len(songs)} songs have no audio")
         return
-    for sid in tqdm(list(songs), desc="DEAM audio check", disable=len(songs) < 200, leave=False):
-        path = audio_dir / f"{sid}.mp3"
-        issue = audio_problem(path) if check else (None if path.is_file() else f"{path}: audio file missing")
-        if issue:
-            problems.append(f"song {sid}: {issue}")
-        else:
-            songs[sid].audio_path = path
+    attach_audio(songs, audio_dir, problems, check)

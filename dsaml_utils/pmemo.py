@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from dsaml_utils.data import (
     HOP_SECONDS,
@@ -32,7 +31,7 @@ from dsaml_utils.data import (
     Curve,
     MusicDataset,
     Song,
-    audio_problem,
+    attach_audio,
     parse_floats,
     read_csv_grid,
 )
@@ -179,13 +178,7 @@ def load_pmemo(root: str | Path, *, min_seconds: float = MIN_SECONDS,
     if not chorus.is_dir():
         problems.append(f"{chorus}: audio folder not found: {len(songs)} songs have no audio")
     else:
-        for sid in tqdm(list(songs), desc="PMEmo audio check", disable=len(songs) < 200, leave=False):
-            path = chorus / f"{sid}.mp3"
-            issue = audio_problem(path) if check_audio else (None if path.is_file() else f"{path}: audio file missing")
-            if issue:
-                problems.append(f"song {sid}: {issue}")
-            else:
-                songs[sid].audio_path = path
+        attach_audio(songs, chorus, problems, check_audio)
 
     train, test = [], []
     for sid, song in songs.items():

@@ -14,6 +14,7 @@ from dsaml_utils.data import (
     MusicDataset,
     Song,
     TaskFilter,
+    attach_audio,
     audio_problem,
     format_summary,
     is_flat,
@@ -72,6 +73,20 @@ def test_audio_problem(tmp_path):
     assert audio_problem(good) is None
     assert "not decodable" in audio_problem(bad) and str(bad) in audio_problem(bad)
     assert "missing" in audio_problem(tmp_path / "c.mp3")
+
+
+def test_attach_audio(tmp_path):
+    write_audio(tmp_path / "1.mp3", 0.5, 8000, seed=1)
+    write_corrupt(tmp_path / "2.mp3")
+    c = Curve([15.0], [0.0], [0.0])
+    songs = {k: Song(k, None, {MEAN: c}) for k in ("1", "2", "3")}
+    problems: list[str] = []
+    attach_audio(songs, tmp_path, problems)
+    assert [s.audio_path for s in songs.values()] == [tmp_path / "1.mp3", None, None]
+    assert len(problems) == 2 and problems[0].startswith("song 2: ") and "missing" in problems[1]
+    problems.clear()
+    attach_audio(songs, tmp_path, problems, check=False)  # existence only: the corrupt file passes
+    assert songs["2"].audio_path == tmp_path / "2.mp3" and len(problems) == 1
 
 
 def test_load_dataset_dispatch(deam, tmp_path):
