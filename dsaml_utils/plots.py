@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from dsaml_utils.data import MEAN, MusicDataset, Song
+from dsaml_utils.data import MEAN, MusicDataset, Song, TaskFilter, is_flat
 
 DIMS = ("arousal", "valence")
 MEAN_STYLE = dict(color="black", lw=2.2, ls="--", label="mean of listeners")
@@ -100,9 +100,15 @@ def save_table(
 
 # ---------------------------------------------------------------- data
 
-def rater_spread(song: Song) -> float:
-    """Mean over time and both dimensions of the std across this song's listeners (0 if < 2)."""
-    curves = [song.curves[k] for k in song.listeners]
+def active_listeners(song: Song, filt: TaskFilter | None = None) -> list[str]:
+    """The song's listeners whose curve moves (not flat by the authors' filter, `data.is_flat`)."""
+    filt = filt or TaskFilter()
+    return [k for k in song.listeners if not is_flat(song.curves[k], filt.flat_threshold, filt.flat_window)]
+
+
+def rater_spread(song: Song, listeners: Sequence[str] | None = None) -> float:
+    """Mean over time and both dimensions of the std across listeners (all by default; 0 if < 2)."""
+    curves = [song.curves[k] for k in (song.listeners if listeners is None else listeners)]
     if len(curves) < 2:
         return 0.0
     n = min(len(c) for c in curves)
@@ -111,11 +117,49 @@ def rater_spread(song: Song) -> float:
 
 
 def most_disputed_songs(ds: MusicDataset, n: int = 1, min_listeners: int = 3) -> list[str]:
-    """Ids of the `n` songs with at least `min_listeners` listeners whose raters disagree most."""
-    ok = [s for s in ds.songs.values() if len(s.listeners) >= min_listeners]
-    if not ok:  # fall back to the songs with the most listeners
-        ok = sorted(ds.songs.values(), key=lambda s: -len(s.listeners))[:n]
-    return [s.song_id for s in sorted(ok, key=rater_spread, reverse=True)[:n]]
+    """Ids of the `n` songs whose active (non-flat) listeners disagree most, among songs with enough of them."""
+    spread = {s.song_id: rater_spread(s, active_listeners(s)) for s in ds.songs.values()}
+    count = {s.song_id: len(active_listeners(s)) for s in ds.songs.values()}
+    ok = [sid for sid in ds.songs if count[sid] >= min_listeners]
+    if len(ok) < n:  # fall back to the songs with the most active listeners
+        ok = sorted(ds.songs, key=lambda sid: -count[sid])[:n]
+    return sorted(ok, key=lambda sid: -spread[sid])[:n]
+
+
+def listener_agreement(ds: MusicDataset, song_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per (listener, song): every metric of that listener's curve against the song's MEAN curve."""
+    from dsaml_utils.metrics import score_song
+
+    rows = []
+    for sid in song_ids if song_ids is not None else list(ds.songs):
+        song = ds.songs[sid]
+        if MEAN not in song.curves:
+            continue
+        mean = song.curves[MEAN].values()
+        for lst in song.listeners:
+            own = song.curves[lst].values()
+            n = min(len(own), len(mean))
+            if n >= 2:
+                rows.append({"listener": lst, "song": sid, "steps": n, **score_song(own[:n], mean[:n])})
+    return pd.DataFrame(rows)
+
+
+def plot_listener_agreement(agreement: pd.DataFrame, provenance: Mapping[str, object] | None = None) -> Figure:
+    """Histograms of each listener's CCC and RMSE against the mean curve, over (listener, song) pairs."""
+    cols = ["arousal_ccc", "valence_ccc", "arousal_rmse", "valence_rmse"]
+    missing = [c for c in cols if c not in agreement.columns]
+    if missing:
+        raise ValueError(f"columns {missing} not in the agreement table (from listener_agreement)")
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    for ax, c in zip(axes, cols):
+        x = agreement[c].to_numpy(float)
+        ax.hist(x, bins=min(30, max(5, len(x) // 3)), color="tab:purple" if "ccc" in c else "tab:orange", alpha=0.8)
+        ax.axvline(np.mean(x), color="black", ls="--", lw=1)
+        ax.set_title(f"{c} (mean {np.mean(x):.3f})", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"One listener against the mean of all listeners ({len(agreement)} listener-song pairs)")
+    fig.tight_layout()
+    return stamp(fig, provenance)
 
 
 def plot_listener_curves(
@@ -124,8 +168,14 @@ def plot_listener_curves(
     max_listeners: int = 4,
     provenance: Mapping[str, object] | None = None,
 ) -> Figure:
-    """Arousal and valence over time for several listeners of one song, plus their mean (Figure 5)."""
-    chosen = list(listeners) if listeners is not None else song.listeners[:max_listeners]
+    """Arousal and valence over time for several listeners of one song, plus their mean (Figure 5).
+
+    By default the first `max_listeners` listeners whose curves move (flat curves last).
+    """
+    if listeners is None:
+        active = active_listeners(song)
+        listeners = (active + [k for k in song.listeners if k not in active])[:max_listeners]
+    chosen = list(listeners)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharex=True)
     palette = plt.get_cmap("tab10")
     for d, ax in enumerate(axes):
@@ -140,7 +190,8 @@ def plot_listener_curves(
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("value")
     axes[1].legend(fontsize=7, loc="best")
-    fig.suptitle(f"Song {song.song_id}: {len(song.listeners)} listeners, spread {rater_spread(song):.3f}")
+    fig.suptitle(f"Song {song.song_id}: {len(chosen)} of its {len(song.listeners)} listeners "
+                 f"(spread across them {rater_spread(song, chosen):.3f})")
     fig.tight_layout()
     return stamp(fig, provenance)
 
@@ -166,7 +217,11 @@ def plot_dataset_stats(ds: MusicDataset, provenance: Mapping[str, object] | None
     for ax, (title, x) in zip(axes.flat, panels):
         x = np.asarray(x, dtype=float)
         if len(x):
-            ax.hist(x, bins=min(30, max(5, len(np.unique(x)))), color="tab:blue", alpha=0.8)
+            if np.all(x == np.round(x)) and x.max() - x.min() <= 40:  # counts: one bar per integer
+                bins = np.arange(x.min(), x.max() + 2) - 0.5
+            else:
+                bins = min(30, max(5, len(np.unique(x))))
+            ax.hist(x, bins=bins, color="tab:blue", alpha=0.8)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(f"{title} (n={len(x)})", fontsize=9)
@@ -352,7 +407,7 @@ def plot_metric_lines(
 
 def plot_kshot_curve(
     df: pd.DataFrame,
-    metrics: Sequence[str] = ("ccc_arousal", "ccc_valence"),
+    metrics: Sequence[str] = ("arousal_ccc", "valence_ccc"),
     hue: str | None = "model",
     provenance: Mapping[str, object] | None = None,
 ) -> Figure:

@@ -18,8 +18,10 @@ the preset's settings, so that the notebooks stay thin.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import random
 import sys
 import tempfile
@@ -171,34 +173,63 @@ def pick_kernel(preferred: str = KERNEL) -> str:
     return "python3"
 
 
+SMOKE_SYNTH = dict(songs=6, full_songs=2, anonymous_songs=1, listeners=3, test_listeners=2, lazy_listeners=1,
+                   raters_per_song=3, raters_per_full_song=2, full_seconds=(50.0, 60.0), sample_rate=16000)
+"""SynthConfig fields of the smoke preset's dataset: 6 clips of 45 s, 2 test songs, a few listeners."""
+
+
+def synthetic_ready(root: str | Path) -> bool:
+    """True when `dsaml synth` finished writing a dataset under root (its config.json is written last)."""
+    from dsaml_utils import synth
+
+    return (Path(root) / synth.TRUTH_DIR / "config.json").is_file()
+
+
 def ensure_dataset(params: WorkbookParams) -> Path:
     """The dataset root; a missing synthetic dataset is generated (tiny for the smoke preset)."""
     root = Path(params.root)
     if params.dataset == "synthetic":
         from dsaml_utils import synth
 
-        if not synth.is_generated(root):
-            cfg = synth.SynthConfig.smoke() if params.preset == "smoke" else synth.SynthConfig()
-            print(f"dsaml workbook: generating the synthetic dataset into {root}", file=sys.stderr)
-            synth.generate(root, dataclasses.replace(cfg, seed=params.seed))
+        if not synthetic_ready(root):
+            overrides = SMOKE_SYNTH if params.preset == "smoke" else {}
+            cfg = synth.SynthConfig(seed=params.seed, **overrides)
+            partial = any((root / d).exists() for d in (synth.AUDIO_DIR.parts[0], synth.TRUTH_DIR))
+            print(f"dsaml workbook: generating the synthetic dataset into {root}"
+                  + (" (replacing an unfinished one)" if partial else ""), file=sys.stderr)
+            synth.generate(root, cfg, overwrite=partial)
     elif not root.is_dir():
         raise DataError(f"{root}: dataset root for {params.dataset!r} does not exist")
     return root
 
 
+@contextlib.contextmanager
+def _repo_on_path():
+    """Put the repository on the kernel's PYTHONPATH, so dsaml_utils imports even without `pip install -e .`."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([old] if old else []))
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
 def run_notebook(src: Path, dest: Path, params: WorkbookParams, kernel: str, progress: bool = False) -> None:
     """Execute one notebook into `dest`; raises NotebookFailed naming the failing cell."""
     import papermill as pm
-    from jupyter_client.manager import AsyncKernelManager
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dsaml-kernel-") as sock:
+    with tempfile.TemporaryDirectory(prefix="dsaml-kernel-") as sock, _repo_on_path():
         # IPC sockets in a private directory: no open TCP ports, and no warning about them.
-        km = AsyncKernelManager(kernel_name=kernel, transport="ipc", ip=str(Path(sock) / "kernel"))
+        config = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sock) / "kernel")}})
         try:
-            pm.execute_notebook(str(src), str(dest), parameters=dataclasses.asdict(params),
-                                kernel_name=kernel, km=km, progress_bar=progress, cwd=str(src.parent))
+            pm.execute_notebook(str(src), str(dest), parameters=dataclasses.asdict(params), kernel_name=kernel,
+                                config=config, progress_bar=progress, cwd=str(src.parent))
         except PapermillExecutionError as exc:
             raise NotebookFailed(src.name, exc.cell_index, exc.source, f"{exc.ename}: {exc.evalue}", dest) from None
 
@@ -299,13 +330,14 @@ class Session:
     @property
     def provenance(self) -> dict:
         """The stamp on every figure and table: data, preset, seed."""
-        return {"data": f"{self.dataset_name} ({self.root.name})", "preset": self.preset, "seed": self.seed}
+        data = self.dataset_name if self.root.name == self.dataset_name else f"{self.dataset_name} ({self.root.name})"
+        return {"data": data, "preset": self.preset, "seed": self.seed}
 
-    def save(self, fig, name: str, svg: bool = True) -> list[Path]:
-        """Save a figure into the figures directory (left open so the notebook shows it)."""
+    def save(self, fig, name: str, svg: bool | None = None) -> list[Path]:
+        """Save a figure as PNG (+ SVG except in smoke runs) into the figures directory; it stays open."""
         from dsaml_utils.plots import save_figure
 
-        return save_figure(fig, name, self.figures_dir, svg=svg)
+        return save_figure(fig, name, self.figures_dir, svg=self.preset != "smoke" if svg is None else svg)
 
     def table(self, df, name: str, title: str | None = None) -> Path:
         """Save a table (Markdown + CSV) into the tables directory; returns the Markdown path."""

@@ -80,12 +80,19 @@ def test_markdown_table_and_save_table(tmp_path):
     assert list(back.columns) == ["model", "ccc"] and back["ccc"].iloc[0] == pytest.approx(0.12345)
 
 
-def test_rater_spread_and_most_disputed():
+def test_active_listeners_rater_spread_and_most_disputed():
     ds = _dataset()
+    t = ds.songs["1"].curves["w0"].times
+    ds.songs["1"].curves["flat"] = Curve(t, np.full(len(t), 0.9), np.full(len(t), -0.9))  # a lazy rater
+    assert plots.active_listeners(ds.songs["1"]) == ["w0", "w1", "w2"]
     assert plots.rater_spread(ds.songs["3"]) == 0.0  # one listener
-    assert plots.rater_spread(ds.songs["2"]) > plots.rater_spread(ds.songs["1"]) > 0
-    assert plots.most_disputed_songs(ds, n=1) == ["2"]
+    assert plots.rater_spread(ds.songs["1"]) > plots.rater_spread(ds.songs["2"])  # the flat rater is far away
+    assert plots.rater_spread(ds.songs["2"]) > plots.rater_spread(ds.songs["1"], ["w0", "w1", "w2"]) > 0
+    assert plots.rater_spread(ds.songs["1"], ["w0", "w1"]) == pytest.approx(0.05)
+    assert plots.most_disputed_songs(ds, n=1) == ["2"]  # spread over active listeners only
     assert plots.most_disputed_songs(ds, n=2, min_listeners=10) == ["2", "1"]  # fallback: most listeners
+    fig = plots.plot_listener_curves(ds.songs["1"], max_listeners=4)
+    assert fig.axes[0].lines[3].get_label() == "listener flat"  # flat curves come last
 
 
 def test_listener_curves_and_dataset_stats():
@@ -97,7 +104,7 @@ def test_listener_curves_and_dataset_stats():
     np.testing.assert_allclose(ax.lines[1].get_ydata(), ds.songs["2"].curves["w1"].arousal)
     assert "seed: 7" in _texts(fig)
     fig = plots.plot_listener_curves(ds.songs["2"], listeners=["w1"])
-    assert len(fig.axes[1].lines) == 2
+    assert len(fig.axes[1].lines) == 2 and "1 of its 3 listeners" in fig._suptitle.get_text()
     fig = plots.plot_dataset_stats(ds, provenance=PROV)
     titles = [a.get_title() for a in fig.axes]
     assert "listeners per song (n=3)" in titles and "rater spread per song (std) (n=2)" in titles
@@ -154,19 +161,34 @@ def test_predicted_curves():
 
 def test_metric_lines_kshot_and_bars():
     df = pd.DataFrame({"k": [1, 1, 2, 2, 1, 2], "model": ["a"] * 4 + ["b"] * 2,
-                       "ccc_arousal": [0.1, 0.3, 0.4, 0.6, 0.0, 0.1], "ccc_valence": [0.0] * 6})
+                       "arousal_ccc": [0.1, 0.3, 0.4, 0.6, 0.0, 0.1], "valence_ccc": [0.0] * 6})
     fig = plots.plot_kshot_curve(df, provenance=PROV)
     ax = fig.axes[0]
-    assert ax.get_title() == "ccc_arousal"
+    assert ax.get_title() == "arousal_ccc"
     line = ax.get_lines()[0]
     np.testing.assert_allclose(line.get_ydata(), [0.2, 0.5])  # mean over repeats per k
     fig = plots.plot_kshot_curve(df.drop(columns="model"), hue="model")
     assert fig.axes[0].get_legend() is None
     with pytest.raises(ValueError, match="not in table"):
         plots.plot_metric_lines(df, "k", ["nope"])
-    res = pd.DataFrame({"model": ["dsaml", "crnn"], "ccc_arousal": [0.4, 0.2], "ccc_valence": [0.1, -0.1]})
-    fig = plots.plot_metric_bars(res, ["ccc_arousal", "ccc_valence"], provenance=PROV, title="Table 1")
+    res = pd.DataFrame({"model": ["dsaml", "crnn"], "arousal_ccc": [0.4, 0.2], "valence_ccc": [0.1, -0.1]})
+    fig = plots.plot_metric_bars(res, ["arousal_ccc", "valence_ccc"], provenance=PROV, title="Table 1")
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == pytest.approx([0.4, 0.2, 0.1, -0.1])
     with pytest.raises(ValueError, match="not in table"):
         plots.plot_metric_bars(res, ["rmse"])
+
+
+def test_listener_agreement_table_and_plot():
+    ds = _dataset()
+    agree = plots.listener_agreement(ds)
+    assert len(agree) == 7 and set(agree["song"]) == {"1", "2", "3"}
+    one = agree[(agree.song == "3")].iloc[0]
+    assert one["arousal_ccc"] == pytest.approx(1.0) and one["arousal_rmse"] == pytest.approx(0.0)
+    w1 = agree[(agree.song == "2") & (agree.listener == "w1")].iloc[0]
+    assert w1["arousal_rmse"] == pytest.approx(0.4, abs=1e-6) and w1["arousal_pcc"] == pytest.approx(1.0)
+    assert len(plots.listener_agreement(ds, ["1"])) == 3
+    fig = plots.plot_listener_agreement(agree, provenance=PROV)
+    assert fig.axes[2].get_title().startswith("arousal_rmse (mean")
+    with pytest.raises(ValueError, match="not in the agreement table"):
+        plots.plot_listener_agreement(agree.drop(columns="valence_ccc"))

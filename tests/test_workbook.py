@@ -139,7 +139,8 @@ def test_session_paths_provenance_and_saving(tmp_path):
                          str(tmp_path / "figs"), str(tmp_path / "figs" / "tables"), "cpu")
     assert s.provenance == {"data": "deam (DEAM)", "preset": "smoke", "seed": 5}
     fig = plots.stamp(__import__("matplotlib.pyplot").pyplot.figure(), s.provenance)
-    assert [p.name for p in s.save(fig, "f")] == ["f.png", "f.svg"]
+    assert [p.name for p in s.save(fig, "f")] == ["f.png"]  # smoke: no SVG
+    assert [p.name for p in s.save(fig, "f", svg=True)] == ["f.png", "f.svg"]
     md = s.table(pd.DataFrame({"a": [1]}), "t", title="T")
     assert md == tmp_path / "figs" / "tables" / "t.md" and "preset: smoke" in md.read_text()
     with pytest.raises(UserError, match="unknown preset"):
