@@ -8,6 +8,9 @@ Time convention (the one place it is written down): labels come at 2 Hz. ``Curve
 time in seconds named by the annotation column (DEAM's ``sample_15000ms`` is 15.0 s, PMEmo's
 ``frameTime`` 15.5 is 15.5 s), and label i describes the audio slice ``[times[i], times[i] + 0.5)``.
 ``dsaml_utils.audio.slice_audio`` cuts exactly those slices.
+
+Below the model: CSV/audio checks shared by the loaders (deam.py, pmemo.py), ``load_dataset`` and
+``summarize``, and the ``dsaml inspect`` subcommand.
 """
 
 from __future__ import annotations
