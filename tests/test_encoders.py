@@ -1,0 +1,300 @@
+"""Global encoders: vibenet front end and weights reader, encoder choice, excerpt rule, cache, `dsaml embed`."""
+
+import struct
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from dsaml_utils import cli, encoders, imagebind
+from dsaml_utils.data import MEAN, Curve, MusicDataset, Song
+from dsaml_utils.encoders import (
+    EfficientNetB0,
+    GlobalEncoder,
+    NoEncoder,
+    VibeNetEncoder,
+    dataset_embeddings,
+    default_encoder_name,
+    embed_song,
+    file_identity,
+    find_vibenet_onnx,
+    get_encoder,
+    load_vibenet_backbone,
+    read_onnx_initializers,
+    slaney_mel_filterbank,
+    song_excerpt,
+    vibenet_mel,
+)
+from dsaml_utils.errors import DataError, UserError
+from dsaml_utils.features import FeatureCache
+
+# ---------------------------------------------------------------------------------------------------
+# A tiny protobuf writer, to build ONNX files in the layout vibenet's exporter produced
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload, wire: int = 2) -> bytes:
+    tag = _varint(number << 3 | wire)
+    return tag + (_varint(payload) if wire == 0 else _varint(len(payload)) + payload)
+
+
+def _tensor(name: str, arr: np.ndarray, style: str = "raw") -> bytes:
+    dims = (_field(1, b"".join(_varint(d) for d in arr.shape)) if style != "unpacked"
+            else b"".join(_field(1, d, wire=0) for d in arr.shape))
+    dtype = {np.dtype(np.float32): 1, np.dtype(np.int64): 7, np.dtype(np.float64): 11}[arr.dtype]
+    body = dims + _field(2, dtype, wire=0) + _field(8, name.encode())
+    if style == "float_data":
+        body += _field(4, arr.astype("<f4").tobytes())
+    else:
+        body += _field(9, arr.tobytes())
+    return body
+
+
+def write_onnx(path, tensors: dict, styles: dict | None = None) -> None:
+    """An ONNX ModelProto holding `tensors` as graph initializers (plus a node and other fields to skip)."""
+    styles = styles or {}
+    graph = _field(1, _field(4, b"Conv") + _field(1, b"x"))  # a NodeProto, ignored by the reader
+    graph += b"".join(_field(5, _tensor(k, v, styles.get(k, "raw"))) for k, v in tensors.items())
+    graph += _field(2, b"main_graph")
+    path.write_bytes(_field(1, 10, wire=0) + _field(2, b"pytorch") + _field(7, graph))
+
+
+def write_vibenet_onnx(path, seed=0) -> EfficientNetB0:
+    """A vibenet-like ONNX file: random EfficientNet-B0 weights named backbone.*, plus head weights."""
+    torch.manual_seed(seed)
+    model = EfficientNetB0()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("running_var"):
+                t.uniform_(0.5, 1.5)
+            elif name.endswith(("running_mean", "bias")):
+                t.normal_(0, 0.1)
+    tensors = {f"backbone.{k}": v.numpy() for k, v in model.state_dict().items() if "num_batches" not in k}
+    tensors["trunk.0.weight"] = np.ones(1280, np.float32)
+    tensors["val_482"] = np.array([1, 1280], np.int64)
+    write_onnx(path, tensors)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def vibenet_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vibenet") / "efficientnet_model.onnx"
+    return path, write_vibenet_onnx(path)
+
+
+def write_wav(path, seconds, sr=16000):
+    """A wav whose sample i holds i / n (a ramp), so an excerpt's first sample tells where it starts."""
+    n = int(seconds * sr)
+    sf.write(path, (np.arange(n) / n).astype(np.float32), sr, subtype="FLOAT")
+    return path
+
+
+class Recorder(GlobalEncoder):
+    """A fake encoder that records the waveforms it is given."""
+
+    name, dim, sample_rate, identity = "recorder", 2, 16000, "r1"
+
+    def __init__(self):
+        self.waves = []
+
+    def embed(self, wave):
+        self.waves.append(wave)
+        return np.array([len(wave), wave[0]], dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# vibenet front end and model
+
+
+def test_slaney_filterbank_matches_librosa_reference():
+    fb = slaney_mel_filterbank(16000, 1024, 128, 0.0, 8000.0)
+    assert fb.shape == (128, 513) and (fb >= 0).all()
+    # Reference values from librosa 0.11 filters.mel(sr=16000, n_fft=1024, n_mels=128, fmin=0, fmax=8000).
+    for (i, j), ref in {(0, 1): 0.028577780351042747, (0, 2): 0.02837754227221012, (10, 16): 0.029578963294625282,
+                        (64, 109): 0.020523004233837128, (127, 500): 0.005223188549280167, (10, 20): 0.0}.items():
+        assert fb[i, j] == pytest.approx(ref, rel=1e-5, abs=1e-9)
+    area = fb.sum(axis=1) * (8000 / 512)  # Slaney normalisation: each filter has unit area in Hz
+    assert np.allclose(area, 1.0, rtol=0.15) and abs(area.mean() - 1.0) < 0.01
+
+
+def test_vibenet_mel_matches_reference_and_layout():
+    t = np.arange(32000) / 16000
+    wave = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.25 * np.sin(2 * np.pi * 2000 * t)).astype(np.float32)
+    mel = vibenet_mel(wave)
+    assert mel.shape == (128, 1 + (32000 - 640) // 320) and mel.dtype == np.float32
+    # Reference values from vibenet 0.1.0's extract_mel on the same signal.
+    for (i, j), ref in {(18, 50): 24.99789810180664, (17, 50): 23.320098876953125, (71, 50): 15.952472686767578,
+                        (20, 50): 4.212808132171631, (0, 0): -55.00210189819336}.items():
+        assert mel[i, j] == pytest.approx(ref, abs=1e-3)
+    assert mel.max() - mel.min() == pytest.approx(80.0, abs=1e-3)  # top_db clamp
+    assert vibenet_mel(np.zeros(100, np.float32)).shape == (128, 1)  # shorter than a window: one frame
+
+
+def test_efficientnet_b0_layout():
+    model = EfficientNetB0()
+    state = model.state_dict()
+    assert sum(p.numel() for p in model.parameters()) == 4_007_548  # torchvision B0 minus its classifier
+    assert state["features.0.0.weight"].shape == (32, 3, 3, 3)
+    assert state["features.1.0.block.1.fc1.weight"].shape == (8, 32, 1, 1)
+    assert state["features.6.3.block.2.fc2.weight"].shape == (1152, 48, 1, 1)
+    assert state["features.8.0.weight"].shape == (1280, 320, 1, 1)
+    assert model.eval()(torch.zeros(2, 128, 70)).shape == (2, 1280)
+
+
+def test_read_onnx_initializers(tmp_path):
+    tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.float32(3.5).reshape(()),
+               "c": np.array([[1.0, -2.0]], np.float32), "shape": np.array([1, 1280], np.int64),
+               "d": np.array([1.0], np.float64)}
+    path = tmp_path / "m.onnx"
+    write_onnx(path, tensors, styles={"c": "float_data", "a": "unpacked"})
+    got = read_onnx_initializers(path)
+    assert set(got) == {"a", "b", "c", "shape"}  # float64 is not a type vibenet uses: skipped
+    for k in got:
+        np.testing.assert_array_equal(got[k], tensors[k])
+        assert got[k].dtype == tensors[k].dtype and got[k].shape == tensors[k].shape
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x0f\xff")
+    with pytest.raises(UserError, match="bad.onnx"):
+        read_onnx_initializers(bad)
+
+
+def test_vibenet_backbone_loads_from_onnx(vibenet_file, tmp_path):
+    path, model = vibenet_file
+    loaded = load_vibenet_backbone(path)
+    x = torch.randn(1, 128, 60)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    partial = tmp_path / "partial.onnx"
+    write_onnx(partial, {"backbone.features.0.0.weight": np.zeros((32, 3, 3, 3), np.float32)})
+    with pytest.raises(UserError, match="partial.onnx.*missing"):
+        load_vibenet_backbone(partial)
+
+
+def test_vibenet_encoder_embeds(vibenet_file, monkeypatch):
+    path, model = vibenet_file
+    monkeypatch.setenv(encoders.VIBENET_ENV, str(path))
+    enc = get_encoder("vibenet")
+    assert isinstance(enc, VibeNetEncoder) and (enc.dim, enc.sample_rate) == (1280, 16000)
+    wave = np.random.default_rng(0).standard_normal(16000 * 2).astype(np.float32) * 0.1
+    z = enc.embed(wave)
+    assert z.shape == (1280,) and z.dtype == np.float32
+    with torch.no_grad():
+        ref = model(torch.from_numpy(vibenet_mel(wave))[None])[0].numpy()
+    np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-5)
+    assert enc.identity == file_identity(path)
+
+
+def test_find_vibenet_onnx_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv(encoders.VIBENET_ENV, str(tmp_path / "missing.onnx"))
+    with pytest.raises(UserError, match="missing.onnx.*pip install --no-deps vibenet==0.1.0"):
+        find_vibenet_onnx()
+    monkeypatch.delenv(encoders.VIBENET_ENV)
+    monkeypatch.setattr(encoders.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="not installed.*--encoder none"):
+        find_vibenet_onnx()
+    pkg = tmp_path / "site" / "vibenet"
+    (pkg / "artifacts").mkdir(parents=True)
+    (pkg / "artifacts" / "efficientnet_model.onnx").write_bytes(b"x")
+    spec = type("Spec", (), {"submodule_search_locations": [str(pkg)]})()
+    monkeypatch.setattr(encoders.importlib.util, "find_spec", lambda name: spec)
+    assert find_vibenet_onnx() == pkg / "artifacts" / "efficientnet_model.onnx"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Choosing an encoder
+
+
+def test_get_encoder_and_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(imagebind.CHECKPOINT_ENV, raising=False)
+    none = get_encoder("none")
+    assert isinstance(none, NoEncoder) and none.dim == 0 and none.embed(np.zeros(10)).shape == (0,)
+    with pytest.raises(UserError, match="unknown encoder 'clap'"):
+        get_encoder("clap")
+    with pytest.raises(UserError, match="no ImageBind checkpoint configured.*imagebind_huge.pth"):
+        get_encoder("imagebind")
+    assert default_encoder_name() == "vibenet"
+    assert default_encoder_name("some/imagebind_huge.pth") == "imagebind"
+    monkeypatch.setenv(imagebind.CHECKPOINT_ENV, "x.pth")
+    assert default_encoder_name() == "imagebind"
+
+
+def test_imagebind_encoder_from_checkpoint(tmp_path):
+    from test_imagebind import write_official_checkpoint  # tests/ is on sys.path under pytest
+
+    path = tmp_path / "imagebind_audio.pth"
+    write_official_checkpoint(path, imagebind.ImageBindAudioConfig(embed_dim=64, depth=1, num_heads=1, out_dim=48))
+    enc = get_encoder("imagebind", path)
+    assert (enc.name, enc.dim, enc.sample_rate) == ("imagebind", 48, 16000)
+    z = enc.embed(np.random.default_rng(0).standard_normal(16000 * 3).astype(np.float32))
+    assert z.shape == (48,) and np.linalg.norm(z) <= 20.0 + 1e-4  # mean of three norm-20 clip vectors
+
+
+# ---------------------------------------------------------------------------------------------------
+# Excerpts, cache, datasets, CLI
+
+
+def test_embed_song_excerpt_and_cache(tmp_path):
+    path = write_wav(tmp_path / "song.wav", 50.0)
+    enc, cache = Recorder(), FeatureCache(tmp_path / "cache")
+    z = embed_song(enc, path, cache, start=15.0, duration=30.0)
+    assert z.tolist() == pytest.approx([30 * 16000, 15 / 50], rel=1e-4)  # 30 s starting at 15 s
+    assert embed_song(enc, path, cache, 15.0, 30.0).tolist() == z.tolist()
+    assert (len(enc.waves), cache.hits) == (1, 1)  # second call read the cache
+    embed_song(enc, path, cache, 40.0, 30.0)  # runs past the end: the excerpt stops there
+    assert len(enc.waves[-1]) == 10 * 16000
+    whole = embed_song(enc, path, None)
+    assert whole[0] == 50 * 16000 and len(enc.waves) == 3
+    enc.identity = "other weights"
+    embed_song(enc, path, cache, 15.0, 30.0)
+    assert len(enc.waves) == 4  # different weights, different cache entry
+    with pytest.raises(DataError, match="song.wav.*starts at 60"):
+        embed_song(enc, path, cache, 60.0, 30.0)
+    assert embed_song(NoEncoder(), tmp_path / "absent.wav", cache).shape == (0,)
+
+
+def test_song_excerpt_and_dataset_embeddings(tmp_path):
+    times = 15.0 + 0.5 * np.arange(60)
+    curve = Curve(times, np.zeros(60), np.zeros(60))
+    songs = {
+        "2": Song("2", write_wav(tmp_path / "2.wav", 45.0), {MEAN: curve}),
+        "3": Song("3", None, {MEAN: curve}),
+        "4": Song("4", write_wav(tmp_path / "4.wav", 5.0), {}),
+    }
+    assert song_excerpt(songs["2"]) == (15.0, 30.0)
+    assert song_excerpt(songs["4"]) == (None, None)
+    ds = MusicDataset("synthetic", tmp_path, songs, ["2", "3", "4"], [], (-1.0, 1.0))
+    out = dataset_embeddings(Recorder(), ds, ["2", "3", "4"], FeatureCache(tmp_path / "cache"))
+    assert sorted(out) == ["2", "4"]
+    assert out["2"][0] == 30 * 16000 and out["4"][0] == 5 * 16000
+    assert any("song 3" in p for p in ds.problems)
+
+
+def test_cli_embed(tmp_path, vibenet_file, monkeypatch, capsys):
+    monkeypatch.setenv(encoders.VIBENET_ENV, str(vibenet_file[0]))
+    monkeypatch.delenv(imagebind.CHECKPOINT_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    a, b = write_wav(tmp_path / "a.wav", 3.0), write_wav(tmp_path / "b.wav", 4.0)
+    out = tmp_path / "emb.npy"
+    assert cli.main(["embed", str(a), str(b), "--whole", "--out", str(out), "--cache", str(tmp_path / "c")]) == 0
+    emb = np.load(out)
+    assert emb.shape == (2, 1280)  # default encoder without an ImageBind checkpoint: vibenet
+    enc = get_encoder("vibenet")
+    np.testing.assert_allclose(emb[1], embed_song(enc, b, None), rtol=1e-5, atol=1e-6)
+    assert "2 x 1280 vibenet" in capsys.readouterr().out
+
+    assert cli.main(["embed", str(a), "--encoder", "none", "--out", str(out)]) == 0
+    assert np.load(out).shape == (1, 0)
+    assert cli.main(["embed", str(a), "--out", str(out), "--no-cache"]) == 2  # default 15 s start > 3 s file
+    assert "a.wav" in capsys.readouterr().err
+    assert cli.main(["embed", str(a), "--encoder", "imagebind", "--out", str(out)]) == 2
+    assert imagebind.CHECKPOINT_URL in capsys.readouterr().err
