@@ -160,8 +160,14 @@ def personalized_tasks(
 # Helpers shared by the dataset loaders (deam.py, pmemo.py): strict CSV reading and a cheap audio check.
 
 
-def read_csv_grid(path: Path, delimiter: str = ",") -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header (names stripped) and (line number, cells) per non-blank row; ragged rows raise DataError."""
+def read_csv_grid(
+    path: Path, delimiter: str = ",", pad_short: bool = False
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header (names stripped) and (line number, cells) per non-blank row; ragged rows raise DataError.
+
+    With `pad_short`, a row shorter than the header is read as ending in empty cells (a writer that drops
+    trailing commas of a short song); a row longer than the header is still an error.
+    """
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -171,6 +177,8 @@ def read_csv_grid(path: Path, delimiter: str = ",") -> tuple[list[str], list[tup
             for cells in reader:
                 if not cells or all(not c.strip() for c in cells):
                     continue  # blank line
+                if pad_short and len(cells) < len(header):
+                    cells = cells + [""] * (len(header) - len(cells))
                 if len(cells) != len(header):
                     raise DataError(
                         f"{path}: line {reader.line_num} has {len(cells)} fields but the header has "

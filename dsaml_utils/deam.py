@@ -117,7 +117,7 @@ def _check_range(values: np.ndarray, where: str, names: list[str], problems: lis
 
 def read_averaged_dynamic(path: Path, problems: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Song id -> (times, values) from an averaged dynamic file (song_id, sample_<ms>ms, ...)."""
-    header, rows = read_csv_grid(path)
+    header, rows = read_csv_grid(path, pad_short=True)  # short songs may omit trailing empty cells
     if header[0].lower() != "song_id":
         raise DataError(f"{path}: first column is {header[0]!r}, expected 'song_id'")
     names = header[1:]
@@ -143,7 +143,7 @@ def read_rater_file(path: Path, problems: list[str]):
 
     Raises DataError when the file cannot be parsed; row-level issues go to `problems`.
     """
-    header, rows = read_csv_grid(path)
+    header, rows = read_csv_grid(path, pad_short=True)
     if header[0].lower() == "workerid":
         names = header[1:]
         times = _sample_times(names, path)

@@ -252,3 +252,15 @@ def test_sample_seconds():
     assert sample_seconds("sample_15000ms") == 15.0
     assert sample_seconds(" sample_626500ms ") == 626.5
     assert sample_seconds("song_id") is None
+
+
+def test_averaged_row_without_trailing_commas_reads_as_short_song(tmp_path):
+    fx = write_deam_fixture(tmp_path)
+    path = fx.files["valence"]
+    lines = path.read_text().splitlines()
+    song = lines[3].split(",")[0]
+    full = load_quiet(fx.root)[0].songs[song].curves[MEAN]
+    lines[3] = ",".join(lines[3].split(",")[:6])  # song id + 5 values, trailing cells dropped
+    path.write_text("\n".join(lines) + "\n")
+    short = load_quiet(fx.root)[0].songs[song].curves[MEAN]
+    assert len(short) == 5 and np.allclose(short.valence, full.valence[:5])
