@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "dsaml_utils.data",     # dsaml inspect
     "dsaml_utils.workbook",  # dsaml workbook
     "dsaml_utils.encoders",  # dsaml embed, dsaml export-imagebind-audio
+    "dsaml_utils.model",    # dsaml model-summary
 ]
 
 
