@@ -68,6 +68,10 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
         df = df.reset_index()
 
     def fmt(v: object) -> str:
+        if isinstance(v, (bool, np.bool_)):
+            return str(v)
+        if isinstance(v, (int, np.integer)):
+            return f"{int(v):,}"
         if isinstance(v, (float, np.floating)):
             return "" if np.isnan(v) else format(float(v), floatfmt)
         return str(v).replace("|", "\\|")
@@ -267,6 +271,35 @@ def plot_spectrogram_slices(
         ax.tick_params(labelsize=6)
         if j:
             ax.set_yticks([])
+    fig.tight_layout()
+    return stamp(fig, provenance)
+
+
+def plot_embedding_map(
+    embeddings: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    provenance: Mapping[str, object] | None = None,
+    title: str = "Global embeddings (first two principal components)",
+) -> Figure:
+    """Songs' global embeddings projected on their first two principal components, coloured by each
+    song's mean arousal and mean valence (`labels`: song id -> [2])."""
+    ids = [k for k in embeddings if k in labels]
+    if len(ids) < 2:
+        raise ValueError("need embeddings and labels for at least two songs")
+    x = np.stack([np.asarray(embeddings[k], dtype=float) for k in ids])
+    x = x - x.mean(0)
+    u, sv, _ = np.linalg.svd(x, full_matrices=False)
+    pcs = u[:, :2] * sv[:2] if x.shape[1] >= 2 else np.pad(u[:, :1] * sv[:1], ((0, 0), (0, 1)))
+    var = sv**2 / max((sv**2).sum(), 1e-12)
+    y = np.stack([np.asarray(labels[k], dtype=float) for k in ids])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for d, ax in enumerate(axes):
+        sc = ax.scatter(pcs[:, 0], pcs[:, 1], c=y[:, d], cmap="coolwarm", s=22, edgecolor="0.3", lw=0.3)
+        fig.colorbar(sc, ax=ax, label=f"song mean {DIMS[d]}")
+        ax.set_xlabel(f"PC1 ({var[0]:.0%} of variance)")
+        ax.set_ylabel(f"PC2 ({var[1] if len(var) > 1 else 0:.0%})")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: {len(ids)} songs, {x.shape[1]}-d")
     fig.tight_layout()
     return stamp(fig, provenance)
 

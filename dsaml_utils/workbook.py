@@ -328,6 +328,11 @@ class Session:
         warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
 
     @property
+    def cache_dir(self) -> Path:
+        """Feature cache: data/cache, shared by runs (entries are keyed by audio content); smoke: <run>/cache."""
+        return self.run_dir / "cache" if self.preset == "smoke" else REPO / "data" / "cache"
+
+    @property
     def provenance(self) -> dict:
         """The stamp on every figure and table: data, preset, seed."""
         data = self.dataset_name if self.root.name == self.dataset_name else f"{self.dataset_name} ({self.root.name})"

@@ -71,6 +71,7 @@ def test_markdown_table_and_save_table(tmp_path):
     md = plots.markdown_table(df)
     assert md.splitlines()[0] == "| model | ccc |"
     assert "| a\\|b | 0.123 |" in md and md.splitlines()[-1] == "| c |  |"
+    assert plots.markdown_table(pd.DataFrame({"n": [1234567], "ok": [True]})).splitlines()[-1] == "| 1,234,567 | True |"
     indexed = pd.DataFrame({"v": [1.0]}, index=pd.Index(["row"], name="name"))
     assert plots.markdown_table(indexed).splitlines()[0] == "| name | v |"
     md_path, csv_path = plots.save_table(df, "t1", tmp_path, PROV, title="Table 1")
@@ -192,3 +193,19 @@ def test_listener_agreement_table_and_plot():
     assert fig.axes[2].get_title().startswith("arousal_rmse (mean")
     with pytest.raises(ValueError, match="not in the agreement table"):
         plots.plot_listener_agreement(agree.drop(columns="valence_ccc"))
+
+
+def test_embedding_map_separates_by_label():
+    rng = np.random.default_rng(0)
+    emb, lab = {}, {}
+    for i in range(12):
+        a = -0.8 if i < 6 else 0.8
+        emb[str(i)] = np.r_[a * 5, rng.normal(size=7) * 0.1]  # the label drives the first coordinate
+        lab[str(i)] = np.array([a, 0.0])
+    fig = plots.plot_embedding_map(emb, lab, provenance=PROV)
+    pts = fig.axes[0].collections[0].get_offsets()
+    assert np.abs(pts[:, 0]).min() > 3  # PC1 recovers the label-driven axis
+    assert np.sign(pts[:6, 0]).tolist() == [np.sign(pts[0, 0])] * 6 and np.sign(pts[6, 0]) != np.sign(pts[0, 0])
+    assert "12 songs, 8-d" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="at least two songs"):
+        plots.plot_embedding_map({"0": emb["0"]}, lab)
