@@ -309,6 +309,15 @@ def register_cli(subparsers) -> None:
 # Inside a notebook
 
 
+SMOKE_RUN = {
+    "train.steps": 2, "train.batch_size": 4, "train.eval_every": 1, "train.checkpoint_every": 1,
+    "meta.tasks_per_step": 2, "meta.inner_steps": 1, "meta.query_songs": 2,
+    "tasks.min_songs": 2, "eval.kshots": [1, 2],
+    "model_config": {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_layers": 1},
+}
+"""RunConfig overrides of the smoke preset (on top of the quick preset): seconds, not results."""
+
+
 class Session:
     """What a notebook needs from its parameters: paths, provenance, the dataset, figure/table saving."""
 
@@ -349,6 +358,24 @@ class Session:
         from dsaml_utils.plots import save_table
 
         return save_table(df, name, self.tables_dir, self.provenance, title=title)[0]
+
+    def run_config(self, **fields):
+        """A training RunConfig for this session: the preset's, on this dataset, seed, device and cache.
+
+        "paper" is config.preset("paper"); "quick" is config.preset("quick"); "smoke" is the quick one
+        shrunk by SMOKE_RUN (a couple of updates of a tiny model). Keyword fields are set last.
+        """
+        from dsaml_utils.config import apply_overrides, preset
+
+        cfg = preset("paper" if self.preset == "paper" else "quick")
+        cfg.dataset, cfg.root, cfg.cache_dir = self.dataset_name, str(self.root), str(self.cache_dir)
+        cfg.train.seed, cfg.train.device = self.seed, self.device
+        if self.preset == "smoke":
+            apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in SMOKE_RUN.items()])
+            cfg.deviations.append("smoke: a couple of updates of a tiny model, to exercise the code only")
+        for k, v in fields.items():
+            setattr(cfg, k, v)
+        return cfg.resolve()
 
     def dataset(self):
         """The dataset (generated first when synthetic and absent), loaded once."""
