@@ -63,15 +63,15 @@ def require(batch: dict, key: str, model: str, hint: str) -> torch.Tensor:
     return batch[key]
 
 
-def _under_vmap(t: torch.Tensor) -> bool:
-    """True inside torch.func.vmap, where a tensor's values cannot steer Python control flow."""
-    return bool(getattr(torch._C._functorch, "is_batchedtensor", lambda _: False)(t))
+def _under_functorch(t: torch.Tensor) -> bool:
+    """True for a tensor wrapped by torch.func (vmap, grad): under vmap its values cannot steer control flow."""
+    return bool(getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda _: False)(t))
 
 
 def step_mask(batch: dict, B: int, T: int, device: torch.device) -> torch.Tensor:
     """The batch's [B, T] step mask (all True when absent), checked to be a non-empty prefix per row.
 
-    The value check is skipped inside vmap (the meta-learner's batched path), where it cannot run.
+    The value check is skipped under torch.func transforms (the meta-learner's vmap path), where it cannot run.
     """
     mask = batch.get("mask")
     if mask is None:
@@ -79,7 +79,7 @@ def step_mask(batch: dict, B: int, T: int, device: torch.device) -> torch.Tensor
     mask = mask.to(device=device, dtype=torch.bool)
     if mask.shape != (B, T):
         raise UserError(f"batch 'mask' has shape {tuple(mask.shape)}, expected {(B, T)}")
-    if not _under_vmap(mask):
+    if not _under_functorch(mask):
         lengths = mask.sum(1)
         prefix = torch.arange(T, device=device)[None, :] < lengths[:, None]
         if bool((lengths == 0).any()) or not bool((mask == prefix).all()):
