@@ -1,0 +1,68 @@
+"""Every notebook is stored clean and runs end to end in smoke mode, producing its figures and tables.
+
+The smoke run executes all notebooks once (papermill, the project's kernel) on a tiny synthetic dataset
+with a couple of training updates; each test below then checks one notebook's outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from dsaml_utils import workbook
+
+# What each notebook must write: figures (PNG) under figures_dir, tables (Markdown + CSV) under tables_dir.
+EXPECTED = {
+    "00_setup_and_data": {"figures": [], "tables": ["00_dataset_summary", "00_split"]},
+    "01_data_exploration": {
+        "figures": ["01_rater_curves", "01_rater_curves_test_song", "01_listener_vs_mean", "01_dataset_statistics"],
+        "tables": ["01_listener_vs_mean"],
+    },
+    "02_preprocessing": {"figures": ["02_spectrogram_slices"], "tables": ["02_feature_cache"]},
+    "03_model": {"figures": ["03_band_masks", "03_attention_untrained"], "tables": ["03_parameter_counts"]},
+}
+
+
+def test_expected_outputs_cover_every_notebook():
+    assert [p.stem for p in workbook.list_notebooks()] == list(EXPECTED)
+
+
+@pytest.mark.parametrize("path", workbook.list_notebooks(), ids=lambda p: p.stem)
+def test_notebook_stored_without_outputs_with_parameters(path):
+    assert workbook.storage_problems(path) == []
+    nb = nbformat.read(path, as_version=4)
+    params = nb.cells[workbook.parameters_cell(nb)].source
+    for name in workbook.PARAMETER_NAMES:  # every runner parameter has a default in the notebook
+        assert f"\n{name} = " in f"\n{params}", f"{path.name}: parameter {name} missing"
+    assert nb.metadata["kernelspec"]["display_name"] == "Python (dsaml)"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("workbook-smoke")
+    params = workbook.default_params("smoke", out=out, device="cpu")
+    record = workbook.run_workbook(params)  # raises NotebookFailed (notebook + cell) on any error
+    return params, record
+
+
+def test_smoke_run_executed_every_notebook(smoke_run):
+    params, record = smoke_run
+    assert [n["name"] for n in record["notebooks"]] == list(EXPECTED)
+    for name in EXPECTED:
+        nb = nbformat.read(Path(params.run_dir) / "notebooks" / f"{name}.ipynb", as_version=4)
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert errors == [], name
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_notebook_wrote_its_figures_and_tables(smoke_run, name):
+    params, _ = smoke_run
+    for fig in EXPECTED[name]["figures"]:
+        png = Path(params.figures_dir) / f"{fig}.png"
+        assert png.is_file() and png.stat().st_size > 1000, f"{name}: figure {png.name} missing"
+    for table in EXPECTED[name]["tables"]:
+        md = Path(params.tables_dir) / f"{table}.md"
+        assert md.is_file() and "preset: smoke" in md.read_text(), f"{name}: table {md.name} missing"
+        assert (Path(params.tables_dir) / f"{table}.csv").is_file()
