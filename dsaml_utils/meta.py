@@ -10,7 +10,8 @@ Two implementations give the same meta-gradient:
   does (the adapted parameters are differentiable functions of the meta-parameters).
 - `meta_loss_batched`: all tasks of a meta-batch at once with torch.func.vmap over tasks; the inner
   gradient is taken by torch.func.grad inside the vmapped function. nn.LSTM has no vmap batching rule,
-  so inside the batched path every nn.LSTM runs through `functional_lstm` (same maths, plain ops).
+  so inside the batched path every nn.LSTM / nn.GRU runs through `functional_rnn` (same maths,
+plain ops).
 
 First order (the authors' setting) treats the inner gradients as constants: the meta-gradient is the
 query gradient at the adapted parameters. Second order differentiates through the inner loop
@@ -107,55 +108,69 @@ def _meta_context(second_order: bool) -> Iterator[None]:
         yield
 
 
-def functional_lstm(lstm: nn.LSTM, x: torch.Tensor, hx=None):
-    """nn.LSTM's forward written with plain tensor ops, so that vmap and double backward work."""
+def _lstm_cell(gx: torch.Tensor, h: torch.Tensor, state: torch.Tensor, w_hh, b_hh):
+    g = gx + F.linear(h, w_hh, b_hh)
+    i, f, gg, o = g.chunk(4, dim=-1)  # PyTorch's gate order
+    c = torch.sigmoid(f) * state + torch.sigmoid(i) * torch.tanh(gg)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _gru_cell(gx: torch.Tensor, h: torch.Tensor, state: torch.Tensor, w_hh, b_hh):
+    xr, xz, xn = gx.chunk(3, dim=-1)  # PyTorch's gate order: reset, update, new
+    hr, hz, hn = F.linear(h, w_hh, b_hh).chunk(3, dim=-1)
+    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+    h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+    return h, h
+
+
+def functional_rnn(rnn: nn.LSTM | nn.GRU, x: torch.Tensor, hx=None):
+    """nn.LSTM's / nn.GRU's forward written with plain tensor ops, so that vmap and double backward work."""
     if isinstance(x, nn.utils.rnn.PackedSequence):
-        raise TypeError("functional_lstm does not take a PackedSequence; pass padded input and a mask")
-    if lstm.proj_size:
-        raise NotImplementedError("functional_lstm does not support proj_size > 0")
+        raise TypeError("functional_rnn does not take a PackedSequence; pass padded input and a mask")
+    lstm = isinstance(rnn, nn.LSTM)
+    if lstm and rnn.proj_size:
+        raise NotImplementedError("functional_rnn does not support proj_size > 0")
+    cell = _lstm_cell if lstm else _gru_cell
     unbatched = x.dim() == 2
     if unbatched:
-        x = x.unsqueeze(0 if lstm.batch_first else 1)
-    if not lstm.batch_first:
+        x = x.unsqueeze(0 if rnn.batch_first else 1)
+    if not rnn.batch_first:
         x = x.transpose(0, 1)  # -> [B, T, F]
-    n_dir = 2 if lstm.bidirectional else 1
-    size = (lstm.num_layers * n_dir, x.shape[0], lstm.hidden_size)
+    n_dir = 2 if rnn.bidirectional else 1
+    size = (rnn.num_layers * n_dir, x.shape[0], rnn.hidden_size)
     if hx is None:
         h0 = c0 = x.new_zeros(size)
     else:
-        h0, c0 = hx
+        h0, c0 = hx if lstm else (hx, hx)
         if unbatched:
             h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
     steps = x.shape[1]
     layer_in, h_last, c_last = x, [], []
-    for layer in range(lstm.num_layers):
+    for layer in range(rnn.num_layers):
         outs = []
         for d in range(n_dir):
             sfx = f"_l{layer}" + ("_reverse" if d else "")
-            w_ih, w_hh = getattr(lstm, "weight_ih" + sfx), getattr(lstm, "weight_hh" + sfx)
-            gates_x = F.linear(layer_in, w_ih, getattr(lstm, "bias_ih" + sfx) if lstm.bias else None)
-            if lstm.bias:
-                gates_x = gates_x + getattr(lstm, "bias_hh" + sfx)
-            h, c = h0[layer * n_dir + d], c0[layer * n_dir + d]
+            w_ih, w_hh = getattr(rnn, "weight_ih" + sfx), getattr(rnn, "weight_hh" + sfx)
+            b_ih = getattr(rnn, "bias_ih" + sfx) if rnn.bias else None
+            b_hh = getattr(rnn, "bias_hh" + sfx) if rnn.bias else None
+            gates_x = F.linear(layer_in, w_ih, b_ih)  # the input projection of every step at once
+            h, state = h0[layer * n_dir + d], c0[layer * n_dir + d]
             seq: list[torch.Tensor] = [x] * steps  # placeholders, overwritten below
             for t in (range(steps - 1, -1, -1) if d else range(steps)):
-                g = gates_x[:, t] + F.linear(h, w_hh)
-                i, f, gg, o = g.chunk(4, dim=-1)  # PyTorch's gate order
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
-                h = torch.sigmoid(o) * torch.tanh(c)
+                h, state = cell(gates_x[:, t], h, state, w_hh, b_hh)
                 seq[t] = h
             outs.append(torch.stack(seq, dim=1))
             h_last.append(h)
-            c_last.append(c)
+            c_last.append(state)
         layer_in = torch.cat(outs, dim=-1) if n_dir == 2 else outs[0]
-        if lstm.dropout and lstm.training and layer < lstm.num_layers - 1:
-            layer_in = F.dropout(layer_in, lstm.dropout, training=True)
+        if rnn.dropout and rnn.training and layer < rnn.num_layers - 1:
+            layer_in = F.dropout(layer_in, rnn.dropout, training=True)
     y, h_n, c_n = layer_in, torch.stack(h_last), torch.stack(c_last)
-    if not lstm.batch_first:
+    if not rnn.batch_first:
         y = y.transpose(0, 1)
     if unbatched:
-        y, h_n, c_n = y.squeeze(0 if lstm.batch_first else 1), h_n.squeeze(1), c_n.squeeze(1)
-    return y, (h_n, c_n)
+        y, h_n, c_n = y.squeeze(0 if rnn.batch_first else 1), h_n.squeeze(1), c_n.squeeze(1)
+    return (y, (h_n, c_n)) if lstm else (y, h_n)
 
 
 def functional_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
@@ -197,13 +212,13 @@ def functional_layer_norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def vmap_ready(model: nn.Module, norms: bool = False) -> Iterator[nn.Module]:
-    """Temporarily route every nn.LSTM (and, with norms, BatchNorm/LayerNorm) through plain-op versions.
+    """Temporarily route every nn.LSTM/nn.GRU (with norms, BatchNorm/LayerNorm too) through plain-op versions.
 
-    nn.LSTM has no vmap batching rule. The fused batch_norm / layer_norm kernels do run under vmap,
+    nn.LSTM and nn.GRU have no vmap batching rule. The fused batch_norm / layer_norm kernels do run under vmap,
     but their second-order gradients through vmap(grad(...)) come out wrong (measured with torch 2.13:
     off by ~1e-3 against the loop), so second-order MAML uses the plain-op norms.
     """
-    swaps = {nn.LSTM: functional_lstm}
+    swaps = {nn.LSTM: functional_rnn, nn.GRU: functional_rnn}
     if norms:
         swaps.update({nn.modules.batchnorm._BatchNorm: functional_batch_norm, nn.LayerNorm: functional_layer_norm})
     patched = []
@@ -312,9 +327,13 @@ def meta_loss_batched(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig =
         return loss_fn(call(p, st, qry), qry)
 
     def inner(p, st, sup):
+        # The running statistics are an argument (grad refuses in-place updates of captured tensors);
+        # the batch is captured, so the model sees it as a plain vmapped tensor, not a grad wrapper.
+        def support_loss(q, st_):
+            return loss_fn(call(q, st_, sup), sup)
+
         for _ in range(cfg.inner_steps):
-            # st is an argument, not a capture: grad refuses in-place updates of captured tensors
-            g = grad(query_loss)(p, st, sup)
+            g = grad(support_loss)(p, st)
             p = {k: p[k] - cfg.inner_lr * g[k] for k in p}
         return p
 

@@ -10,6 +10,15 @@ from dsaml_utils.metrics import dsaml_loss
 K = 5  # input features per step
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one intra-op thread is faster, and immune to other processes on the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class MLP(nn.Module):
     """Two-layer per-step MLP: frames [B, T, K] -> pred [B, T, 2]."""
 
@@ -135,28 +144,31 @@ def test_batched_equals_loop_with_lstm_batchnorm_and_aux_loss(first_order):
     assert model.bn.num_batches_tracked.item() == cfg.inner_steps + 1
 
 
-def test_functional_lstm_matches_nn_lstm():
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_functional_rnn_matches_torch(cell):
     torch.manual_seed(2)
     for batch_first in (True, False):
-        lstm = nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=batch_first).double()
+        rnn = cell(3, 4, num_layers=2, bidirectional=True, batch_first=batch_first).double()
         x = torch.randn(2, 5, 3, dtype=torch.float64)
         h0 = torch.randn(4, 2 if batch_first else 5, 4, dtype=torch.float64)
-        c0 = torch.randn_like(h0)
-        want = lstm(x, (h0, c0))
-        got = meta.functional_lstm(lstm, x, (h0, c0))
+        hx = (h0, torch.randn_like(h0)) if cell is nn.LSTM else h0
+        want = rnn(x, hx)
+        got = meta.functional_rnn(rnn, x, hx)
         torch.testing.assert_close(got[0], want[0])
-        torch.testing.assert_close(got[1][0], want[1][0])
-        torch.testing.assert_close(got[1][1], want[1][1])
-    with meta.vmap_ready(lstm):
-        patched = lstm(x)[0]
-    assert "forward" not in vars(lstm)  # the patch is undone
-    torch.testing.assert_close(patched, lstm(x)[0])
+        torch.testing.assert_close(got[1], want[1])
+    unbatched = torch.randn(5, 3, dtype=torch.float64)
+    torch.testing.assert_close(meta.functional_rnn(rnn, unbatched)[0], rnn(unbatched)[0])
+    with meta.vmap_ready(rnn):
+        patched = rnn(x)[0]
+    assert "forward" not in vars(rnn)  # the patch is undone
+    torch.testing.assert_close(patched, rnn(x)[0])
 
 
 def test_functional_norms_match_torch():
     torch.manual_seed(4)
-    for bn, x in [(nn.BatchNorm1d(3), torch.randn(4, 3, 5)), (nn.BatchNorm2d(3, momentum=None), torch.randn(2, 3, 4, 4)),
-                  (nn.BatchNorm1d(3, affine=False), torch.randn(6, 3))]:
+    cases = [(nn.BatchNorm1d(3), torch.randn(4, 3, 5)), (nn.BatchNorm2d(3, momentum=None), torch.randn(2, 3, 4, 4)),
+             (nn.BatchNorm1d(3, affine=False), torch.randn(6, 3))]
+    for bn, x in cases:
         bn = bn.double()
         x = x.double()
         twin = copy.deepcopy(bn)
@@ -204,3 +216,27 @@ def test_meta_step_personalize_and_predict():
     y, m = support["y"], support["mask"]
     assert dsaml_loss(adapted, y, m) < dsaml_loss(base, y, m)
     assert meta.predict_with(model, fast, query)["pred"].shape == query["y"].shape
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_batched_equals_loop_on_dsaml_quick(first_order):
+    from dsaml_utils.model import DSAML, DSAMLConfig, example_batch
+
+    torch.manual_seed(5)
+    # the quick preset, with smaller spectrogram slices and no dropout (loop and vmap draw masks differently)
+    model = DSAML(DSAMLConfig.quick(dropout=0.0, global_dim=16, n_frames=11, n_mels=24)).double()
+
+    def batch(songs, seed):
+        b = example_batch(model, steps=8, batch_size=songs, seed=seed)
+        b = {k: v.double() if v.is_floating_point() else v for k, v in b.items()}
+        b["y"] = torch.rand(songs, 8, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        return b
+
+    tasks = [(batch(1, 10 * i), batch(2, 10 * i + 1)) for i in range(2)]
+    cfg = meta.MetaConfig(inner_steps=2, inner_lr=0.05, first_order=first_order)
+    twin = copy.deepcopy(model)
+    got, want = meta_grad(model, tasks, cfg, batched=True), meta_grad(twin, tasks, cfg, batched=False)
+    assert_close(got, want)
+    assert max(v.abs().max().item() for v in want.values()) > 0
+    for (name, a), b in zip(model.named_buffers(), twin.buffers()):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=0, msg=name)
