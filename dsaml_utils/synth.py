@@ -5,59 +5,61 @@ every stage of DSAML has something real to learn: the audio carries its emotion 
 emotion changes between sections that come back later (long-range context matters), and listeners disagree
 in the ways that make personalization (PDMER) worth doing.
 
-1. Latent emotion (the hidden truth). Each song has a form such as ``A B A' C A``: sections of 7-13 s, of
-which some return. Every distinct section letter gets an (arousal, valence) pair in [-0.9, 0.9] (song centre
-+ letter offset); a return (A') repeats its letter's music and emotion with a small perturbation. Within a
-section the emotion drifts slowly (a linear trend plus a gentle wobble); at a boundary it changes within
-~0.5 s. The latent lives on a 20 Hz control grid and drives both the audio and the labels.
+1. Latent emotion (the hidden truth). Each song has a form such as ``A B A' C A``: sections of 9-13 s, of
+   which some return. Every distinct section letter gets an (arousal, valence) pair in [-0.85, 0.85] (song
+   centre + letter offset); a return (A') repeats its letter's music and emotion with a small perturbation.
+   Within a section the emotion drifts slowly (a linear trend plus a gentle wobble); at a boundary it
+   changes over ~1 s. The latent lives on a 20 Hz control grid and drives both the audio and the labels.
 
-2. Music from the latent (vectorised additive synthesis, wavetables + ``np.bincount`` mixing).
-   Arousal (d = (a + 1) / 2 in [0, 1]) sets
+2. Music from the latent (vectorised additive synthesis: wavetable notes summed with ``np.bincount``).
+   Arousal (as drive d = (a + 1) / 2 in [0, 1]) sets
    - tempo: 62 + 116 d BPM (62-178), integrated from the latent, so tempo follows within-section drift;
-   - note density: melody on every beat; eighths with probability ~1.5 d, sixteenths ~1.6 d - 0.7;
+   - note density: melody on every beat, eighths with probability ~1.5 d, sixteenths ~1.6 d - 0.7;
      hi-hat clicks on the sixteenth grid likewise; snare on beats 2 and 4 once d > 0.4; chords re-struck
      every beat instead of every two beats when d > 0.55;
-   - loudness: -16 dB to -2 dB across d (no per-song normalisation, so loudness is comparable between songs);
-   - brightness: every note mixes a dark wavetable (few harmonics, 1/h^2.5) with a bright one (many
-     harmonics, 1/h^0.9) in proportion to d, a high-passed noise bed rises with d^2, and attacks get sharper.
+   - loudness: -16 dB to -2 dB across d, times a per-song mastering gain of +-4 dB (so loudness is a
+     cue within a song but not a perfect one across songs);
+   - brightness: every note mixes a dark wavetable (3 harmonics, 1/h^2.5) with a bright one (up to 16
+     harmonics, 1/h^0.9) in proportion to d; a high-passed noise bed rises with d^2; attacks get sharper.
    Valence (v in [-1, 1]) sets
-   - mode: notes and chords are taken from the parallel major scale when v > 0 and the natural minor when
+   - mode: notes and chords come from the parallel major scale when v > 0 and the natural minor when
      v <= 0 (chords are stacked scale thirds, so the triad qualities follow the mode);
-   - consonance vs dissonance: for v < 0 each chord gains a clashing voice (minor second, and a tritone below
-     v = -0.4) and detuned partner voices that beat (roughness), both growing with -v;
-   - register: melody and chords move up to 3 scale steps up for v = 1 and down for v = -1.
-   Each section letter owns a 4-chord progression and an 8-note melodic motif, so a returning section sounds
-   like its first occurrence. Kick drum on every beat; everything is soft-clipped with tanh and written as
-   MP3 by libsndfile (bytes are identical for the same seed).
+   - consonance vs dissonance: for v < 0 chords gain a clashing voice (a minor second above the root,
+     plus a tritone below v = -0.4) and detuned partner voices that beat (roughness), all growing with -v;
+   - register: melody and chords move up to 3 scale steps up at v = 1 and down at v = -1.
+   Each section letter owns a 4-chord progression and an 8-note melodic motif, so a returning section
+   sounds like its first occurrence. Kick drum on every beat, bass on the chord root; the mix is
+   soft-clipped with tanh and written as MP3 by libsndfile (same seed, same bytes).
 
 3. True curves. Label i has time t_i = 15.0, 15.5, ... (DEAM drops the first 15 s) for every t_i with
-   t_i + 0.5 <= duration, and equals the latent averaged over [t_i, t_i + 0.5), clipped to [-1, 1]
-   (a 45 s clip has 60 labels).
+   t_i + 0.5 <= duration, and equals the latent averaged over [t_i, t_i + 0.5) (a 45 s clip has 60).
 
-4. Listeners. Each listener has, per dimension, an offset (sd 0.15), a log-normal gain (sd 0.25), a
-   reaction lag (uniform 0-3 s; the slider sits at 0 until they react), exponential smoothing with a time
-   constant of 0.3-2.5 s (starting from 0, which is why early labels are unreliable), a tanh squash of
-   strength 0.5-2.5, and AR(1) annotation noise (sd 0.03-0.10, ~1.5 s memory) plus a small per-song offset
-   (sd 0.05). A minority (``invert_fraction`` = 20 %, rounded, of each group) hears valence inverted.
-   Curves are clipped to [-1, 1] and written with 4 decimals. The MEAN curve of a song is the average of
-   its raters' written curves (as in DEAM), written with 6 decimals.
-   - training listeners (``listeners``) annotate the 45 s clips, balanced so each gets about
-     ``(songs - anonymous_songs) * raters_per_song / (listeners + lazy_listeners)`` clips (default ~24,
-     enough to pass the authors' "> 15 songs" filter);
-   - lazy listeners (``lazy_listeners``) annotate clips too but hold the slider nearly still: every one
-     of their curves is removed by the authors' flat filter (``data.is_flat``);
-   - test listeners (``test_listeners``) annotate only the full songs (each at least
-     ``full_songs * raters_per_full_song // test_listeners`` >= 3 by default), so PDMER is evaluated on
-     listeners never seen in training;
+4. Listeners. Each listener has, per dimension, an offset (sd 0.15), a log-normal gain (log sd 0.25), a
+   reaction lag in [0, 3] s (3 x Beta(1.5, 3), mean 1 s; the slider sits at 0 until they react),
+   exponential smoothing with a time constant of 0.2-1.5 s (starting from 0, which is why early labels are
+   unreliable), a squash tanh(k x) / k with k in 0.3-1.5 (compresses the extremes, more for larger k),
+   AR(1) annotation noise (sd 0.03-0.10, 1.5 s memory) and a small per-song offset (sd 0.05). A minority
+   (``invert_fraction`` = 20 % of each group, rounded) hears valence inverted. Curves are clipped to
+   [-1, 1] and written with 4 decimals; the MEAN curve of a song is the average of its raters' written
+   curves (as in DEAM), written with 6 decimals.
+   - training listeners (``listeners``) annotate the 45 s clips, balanced so each rates about
+     ``(songs - anonymous_songs) * raters_per_song / (listeners + lazy_listeners)`` identified clips
+     (default 22-23: enough for the authors' "more than 15 songs" filter);
+   - lazy listeners (``lazy_listeners``) rate clips too but hardly move the slider: every one of their
+     curves is removed by the authors' flat filter (``data.is_flat``);
+   - test listeners (``test_listeners``) rate only the full songs (default 4 each, at least 3), so
+     PDMER is evaluated on listeners never seen in training;
    - the first ``anonymous_songs`` clips (ids 2..) are rated by training listeners whose identity is not
      written: their per-rater files have no ``WorkerId`` column, like DEAM's 2013 set.
    Static (song-level) ratings: each rater gives round(5 + 4 * mean(own curve) + N(0, 0.5)) on 1..9.
 
-   How much listeners differ (``listener_divergence``; default config, seed 0, identified non-flat
-   listeners, per song then averaged): RMSE of a listener's curve against the MEAN curve ~0.24 arousal /
-   ~0.30 valence, CCC ~0.65 / ~0.45; against the hidden truth RMSE ~0.27 / ~0.38. The MEAN curve
-   against the truth: RMSE ~0.14 / ~0.24 (valence is shrunk by the inverted minority), CCC ~0.85 / ~0.6.
-   ``DEFAULT_DIVERGENCE`` holds the measured numbers and tests check the generator stays near them.
+   How much listeners differ, as measured by ``listener_divergence`` on the default dataset (seed 0;
+   identified listeners' non-flat curves, scored per song, averaged per listener, then over listeners;
+   arousal / valence): a listener against the MEAN curve RMSE 0.16 / 0.25, CCC 0.68 / 0.38; a listener
+   against the hidden truth RMSE 0.22 / 0.31, CCC 0.57 / 0.42; the MEAN curve against the truth RMSE
+   0.18 / 0.25, CCC 0.64 / 0.42. The MEAN is closer to the truth than a single listener, but not equal
+   to it: every listener reacts late and smooths (the MEAN lags the music by ~2 s), and the inverted
+   minority shrinks the mean valence. ``DEFAULT_DIVERGENCE`` holds these numbers.
 
 5. Layout written under ``out`` (DEAM's, see SPEC section 2)::
 
@@ -118,11 +120,12 @@ FIRST_FULL_ID = 2001
 
 # Measured with the default SynthConfig (seed 0) by listener_divergence; see the module docstring.
 DEFAULT_DIVERGENCE = {
-    "listener_vs_mean_rmse": (0.24, 0.30),
-    "listener_vs_mean_ccc": (0.65, 0.45),
-    "listener_vs_truth_rmse": (0.27, 0.38),
-    "mean_vs_truth_rmse": (0.14, 0.24),
-    "mean_vs_truth_ccc": (0.85, 0.60),
+    "listener_vs_mean_rmse": (0.156, 0.254),
+    "listener_vs_mean_ccc": (0.684, 0.382),
+    "listener_vs_truth_rmse": (0.224, 0.310),
+    "listener_vs_truth_ccc": (0.568, 0.420),
+    "mean_vs_truth_rmse": (0.177, 0.251),
+    "mean_vs_truth_ccc": (0.640, 0.416),
 }
 
 
@@ -347,8 +350,8 @@ def _render_notes(out: np.ndarray, sr: int, notes: dict[str, np.ndarray], tables
     inv_att, inv_dec = f32(1 / (notes["attack"][keep] * sr)), f32(1 / (notes["decay"][keep] * sr))
     row = (2 * notes["layer"][keep]).astype(np.int64) * _TABLE  # offset of the layer's dark table
     flat = tables.ravel()
-    # Render in batches of ~2 M samples so memory stays small for long songs.
-    batch_of = np.cumsum(length) // 2_000_000
+    # Render in batches of ~1 M samples so memory stays small for long songs.
+    batch_of = np.cumsum(length) // 1_000_000
     for b in np.unique(batch_of):
         sel = np.nonzero(batch_of == b)[0]
         L = length[sel]
@@ -626,27 +629,49 @@ class _SongResult:
     facts: dict
 
 
-def _make_song(cfg: SynthConfig, sid: int, duration: float, raters: list[int], listeners: list[Listener],
-               tables: np.ndarray, audio_dir: Path) -> _SongResult:
-    """Plan, render and encode one song, and simulate its raters."""
-    rng = _rng(cfg, 2, sid)
+@dataclass
+class RenderedSong:
+    """One song's audio and hidden emotion, before any listener annotates it."""
+
+    song_id: int
+    audio: np.ndarray  # float32 mono in [-1, 1]
+    sample_rate: int
+    times: np.ndarray  # [T] label times (15.0, 15.5, ...)
+    truth: np.ndarray  # [T, 2] true (arousal, valence) per label
+    latent: np.ndarray  # [duration * CONTROL_RATE, 2] the latent emotion on the control grid
+    sections: list[_Section]
+    facts: dict  # tonic, mean tempo, progressions
+
+
+def render_song(song_id: int, duration: float, cfg: SynthConfig | None = None,
+                tables: np.ndarray | None = None) -> RenderedSong:
+    """Plan and synthesize one song of `duration` seconds; identical to the song generate() writes."""
+    cfg = cfg or SynthConfig()
+    rng = _rng(cfg, 2, song_id)
     sections = _plan_sections(rng, duration)
-    n_ctrl = int(round(duration * CONTROL_RATE))
-    lat = _latent(rng, sections, n_ctrl)
+    lat = _latent(rng, sections, int(round(duration * CONTROL_RATE)))
+    tables = _wavetables(cfg.sample_rate) if tables is None else tables
     audio, facts = _synthesize(rng, sections, lat, duration, cfg.sample_rate, tables)
-    sf.write(str(audio_dir / f"{sid}.mp3"), audio, cfg.sample_rate, format="MP3")
     times = label_times(duration)
     truth = np.clip(_to_labels(lat, times), -1, 1)
+    return RenderedSong(song_id, audio, cfg.sample_rate, times, truth, lat, sections, facts)
+
+
+def _make_song(cfg: SynthConfig, sid: int, duration: float, raters: list[int], listeners: list[Listener],
+               tables: np.ndarray, audio_dir: Path) -> _SongResult:
+    """Render and encode one song, and simulate its raters."""
+    song = render_song(sid, duration, cfg, tables)
+    sf.write(str(audio_dir / f"{sid}.mp3"), song.audio, cfg.sample_rate, format="MP3")
     curves, static = [], []
     for li in raters:
         lrng = _rng(cfg, 3, sid, li)
-        trace = _annotate(lat, listeners[li], cfg.listener_model, lrng)
-        curve = np.round(_to_labels(trace, times), 4)
+        trace = _annotate(song.latent, listeners[li], cfg.listener_model, lrng)
+        curve = np.round(_to_labels(trace, song.times), 4)
         curves.append(curve)
-        static.append(np.clip(np.round(5 + 4 * curve.mean(0) + lrng.normal(0, cfg.listener_model.static_sd, 2)),
-                              1, 9))
-    return _SongResult(sid, duration, times, truth, raters, np.asarray(curves), np.asarray(static),
-                       sections, facts)
+        noise = lrng.normal(0, cfg.listener_model.static_sd, 2)
+        static.append(np.clip(np.round(5 + 4 * curve.mean(0) + noise), 1, 9))
+    return _SongResult(sid, duration, song.times, song.truth, raters, np.asarray(curves), np.asarray(static),
+                       song.sections, song.facts)
 
 
 def _static_rows(res: _SongResult, full: bool, swap: bool) -> str:
@@ -743,6 +768,40 @@ def _check(cfg: SynthConfig) -> None:
         raise UserError("invalid synthetic dataset config: " + "; ".join(problems))
 
 
+@dataclass
+class SynthPlan:
+    """Who rates what, before any audio is made: listeners, raters per song, durations."""
+
+    listeners: list[Listener]
+    raters: dict[int, list[int]]  # song id -> indices into listeners
+    durations: dict[int, float]  # song id -> seconds (clips first, then full songs)
+    anonymous: set[int]  # clip ids whose rater files carry no WorkerId
+
+    def of_role(self, role: str) -> list[int]:
+        """Indices of the listeners with this role ("train", "test" or "lazy")."""
+        return [i for i, lst in enumerate(self.listeners) if lst.role == role]
+
+
+def plan(cfg: SynthConfig | None = None) -> SynthPlan:
+    """Draw the listeners and assign raters to songs (cheap: no audio)."""
+    cfg = cfg or SynthConfig()
+    _check(cfg)
+    listeners = _make_listeners(cfg)
+    role = lambda r: [i for i, lst in enumerate(listeners) if lst.role == r]  # noqa: E731
+    clip_ids = list(range(2, 2 + cfg.songs))
+    anonymous = set(clip_ids[: cfg.anonymous_songs])
+    full_ids = list(range(FIRST_FULL_ID, FIRST_FULL_ID + cfg.full_songs))
+    arng = _rng(cfg, 4)
+    named = [s for s in clip_ids if s not in anonymous]
+    raters = _assign(arng, named, role("train") + role("lazy"), cfg.raters_per_song)
+    raters |= _assign(arng, sorted(anonymous), role("train"), cfg.raters_per_song)
+    raters |= _assign(arng, full_ids, role("test"), cfg.raters_per_full_song)
+    drng = _rng(cfg, 5)
+    durations = {s: float(cfg.clip_seconds) for s in clip_ids}
+    durations |= {s: float(np.round(drng.uniform(*cfg.full_seconds) * 2) / 2) for s in full_ids}
+    return SynthPlan(listeners, raters, durations, anonymous)
+
+
 def generate(out: str | Path, cfg: SynthConfig | None = None, overwrite: bool = False) -> SynthSummary:
     """Write a complete synthetic dataset in DEAM's layout under `out` and return what was written."""
     cfg = cfg or SynthConfig()
@@ -759,20 +818,11 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, overwrite: bool = 
     audio_dir = out / AUDIO_DIR
     audio_dir.mkdir(parents=True, exist_ok=True)
 
-    listeners = _make_listeners(cfg)
-    train = [i for i, lst in enumerate(listeners) if lst.role == "train"]
-    lazy = [i for i, lst in enumerate(listeners) if lst.role == "lazy"]
-    test = [i for i, lst in enumerate(listeners) if lst.role == "test"]
-    clip_ids = list(range(2, 2 + cfg.songs))
-    anonymous = set(clip_ids[: cfg.anonymous_songs])
-    full_ids = list(range(FIRST_FULL_ID, FIRST_FULL_ID + cfg.full_songs))
-    arng = _rng(cfg, 4)
-    raters = _assign(arng, [s for s in clip_ids if s not in anonymous], train + lazy, cfg.raters_per_song)
-    raters |= _assign(arng, sorted(anonymous), train, cfg.raters_per_song) if anonymous else {}
-    raters |= _assign(arng, full_ids, test, cfg.raters_per_full_song) if full_ids else {}
-    drng = _rng(cfg, 5)
-    durations = {s: cfg.clip_seconds for s in clip_ids}
-    durations |= {s: float(np.round(drng.uniform(*cfg.full_seconds) * 2) / 2) for s in full_ids}
+    pl = plan(cfg)
+    listeners, raters, durations, anonymous = pl.listeners, pl.raters, pl.durations, pl.anonymous
+    clip_ids = [s for s in durations if s < FIRST_FULL_ID]
+    full_ids = [s for s in durations if s >= FIRST_FULL_ID]
+    train, test = pl.of_role("train"), pl.of_role("test")
 
     tables = _wavetables(cfg.sample_rate)
     ids = clip_ids + full_ids
@@ -788,7 +838,7 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, overwrite: bool = 
         root=out, songs_annotated=len(ids), songs_with_audio=len(ids), clips=len(clip_ids),
         test_songs=len(full_ids), anonymous_songs=len(anonymous),
         listeners=len({i for s in ids if s not in anonymous for i in raters[s]}),
-        train_listeners=len(train), test_listeners=len(test), lazy_listeners=len(lazy),
+        train_listeners=len(train), test_listeners=len(test), lazy_listeners=len(pl.of_role("lazy")),
         listener_curves=sum(len(raters[s]) for s in ids if s not in anonymous),
         anonymous_curves=sum(len(raters[s]) for s in anonymous),
         min_clips_per_train_listener=min(per_train, default=0),
@@ -797,8 +847,10 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, overwrite: bool = 
         seconds=0.0,
     )
     summary.seconds = round(time.perf_counter() - t0, 2)
-    config_json = {"config": dataclasses.asdict(cfg), "summary": {**summary.to_json(), "seconds": None}}
-    config_json["summary"]["root"] = None  # keep the file independent of where and how fast it ran
+    # Written last (workbook.synthetic_ready looks for it); it holds nothing that depends on where, how
+    # fast or with how many threads it ran, so the same config gives the same bytes.
+    recorded = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"}
+    config_json = {"config": recorded, "summary": {**summary.to_json(), "root": None, "seconds": None}}
     _write_text(out / TRUTH_DIR / "config.json", json.dumps(config_json, indent=1) + "\n")
     return summary
 
