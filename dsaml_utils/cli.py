@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "dsaml_utils.workbook",  # dsaml workbook
     "dsaml_utils.encoders",  # dsaml embed, dsaml export-imagebind-audio
     "dsaml_utils.model",    # dsaml model-summary
+    "dsaml_utils.train",    # dsaml train
+    "dsaml_utils.evaluate",  # dsaml evaluate, dsaml personalize
 ]
 
 
