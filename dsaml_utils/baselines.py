@@ -9,8 +9,8 @@ each 0.5 s slice into a vector, a recurrent layer runs over the 2 Hz steps, a li
 (arousal, valence). The recurrent layers (`BiRNN`) read only the real steps and per-slice encoders work
 slice by slice, so in eval mode padding never changes a real step's output; in train mode padded
 slices enter BatchNorm statistics (equal-length batches are the exact case). No data-dependent shapes
-or control flow in forward, so every model also runs under torch.func.vmap (GRUs need a functional GRU
-there, as the meta-learner provides for LSTMs).
+or control flow in forward, so every model also runs under torch.func.vmap (with the meta-learner's
+plain-op RNNs, ``meta.vmap_ready``, since nn.LSTM/nn.GRU have no vmap rule).
 
 Waveform baselines read raw slices at 16 kHz (8000 samples per 0.5 s slice): low enough for CPU,
 and the rate most raw-audio emotion front ends are run at. The rate is a config field.
@@ -177,11 +177,12 @@ class CRNNConfig(PresetConfig):
     n_mels: int = 128  # mel bands
     conv_channels: int = 32  # filters of the single conv layer
     freq_pool: int = 8  # max-pool factor along frequency after the conv
-    gru_hidden: int = 64  # hidden units per direction of each branch's BiGRU
-    gru_layers: int = 2  # stacked BiGRU layers per branch
+    cell: str = "gru"  # recurrent unit: "gru" (paper) or "lstm"
+    rnn_hidden: int = 64  # hidden units per direction of each branch's bidirectional RNN
+    rnn_layers: int = 2  # stacked bidirectional layers per branch
     dropout: float = 0.1  # dropout before each branch's output layer
 
-    QUICK: ClassVar[dict] = {"conv_channels": 8, "gru_hidden": 16, "gru_layers": 1}
+    QUICK: ClassVar[dict] = {"conv_channels": 8, "rnn_hidden": 16, "rnn_layers": 1}
 
 
 class CRNN(nn.Module):
@@ -204,9 +205,9 @@ class CRNN(nn.Module):
                                   nn.ReLU(), nn.MaxPool2d((1, cfg.freq_pool)))
         feat = cfg.conv_channels * (cfg.n_mels // cfg.freq_pool)
         self.branches = nn.ModuleList(
-            BiRNN(feat, cfg.gru_hidden, cfg.gru_layers, cell="gru") for _ in range(2))
+            BiRNN(feat, cfg.rnn_hidden, cfg.rnn_layers, cell=cfg.cell) for _ in range(2))
         self.drop = nn.Dropout(cfg.dropout)
-        self.heads = nn.ModuleList(nn.Linear(2 * cfg.gru_hidden, 1) for _ in range(2))
+        self.heads = nn.ModuleList(nn.Linear(2 * cfg.rnn_hidden, 1) for _ in range(2))
 
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """[N, F, M] log-mel slices -> [N, C * M/pool] slice vectors."""
@@ -236,10 +237,11 @@ class DNNConfig(PresetConfig):
     first_stride: int = 8  # ... and its stride
     kernel: int = 8  # kernel of the later conv layers
     pool: int = 4  # max-pool after each conv layer
-    gru_hidden: int = 128  # BiGRU hidden units per direction
+    cell: str = "gru"  # recurrent unit: "gru" (paper) or "lstm"
+    rnn_hidden: int = 128  # hidden units per direction of the bidirectional RNN
     dropout: float = 0.1  # dropout before the output layer
 
-    QUICK: ClassVar[dict] = {"channels": (8, 16, 32), "gru_hidden": 32}
+    QUICK: ClassVar[dict] = {"channels": (8, 16, 32), "rnn_hidden": 32}
 
 
 class DNN(nn.Module):
@@ -262,9 +264,9 @@ class DNN(nn.Module):
             layers.append(_conv1d_block(cin, cout, k, s, cfg.pool))
             cin = cout
         self.conv = nn.Sequential(*layers)
-        self.rnn = BiRNN(cin, cfg.gru_hidden, cell="gru")
+        self.rnn = BiRNN(cin, cfg.rnn_hidden, cell=cfg.cell)
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(2 * cfg.gru_hidden, 2)
+        self.head = nn.Linear(2 * cfg.rnn_hidden, 2)
 
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
         """[N, S] raw slices -> [N, C] slice vectors."""

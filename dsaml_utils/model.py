@@ -415,6 +415,8 @@ def summarize(model: nn.Module, steps: int = 60, depth: int = 2) -> list[str]:
             h.remove()
     lines = [f"{'module':<40} {'params':>12}  output shape(s) for 1 song x {steps} steps"]
     for name in shown:
+        if name not in seen and count_parameters(modules[name]) == 0:
+            continue  # e.g. a dropout that this configuration never uses
         calls = seen.get(name, ["(not called)"])
         shapes = calls[0] if len(set(calls)) == 1 else " | ".join(calls)
         times = f" (x{len(calls)} calls)" if len(calls) > 1 else ""

@@ -77,8 +77,8 @@ def test_birnn_equals_torch_bidirectional_rnn_on_packed_sequences(cell):
 
 
 def test_preset_configs_and_unknown_fields():
-    assert CRNNConfig.paper().gru_hidden > CRNNConfig.quick().gru_hidden
-    assert CRNNConfig.quick(gru_hidden=3).gru_hidden == 3
+    assert CRNNConfig.paper().rnn_hidden > CRNNConfig.quick().rnn_hidden
+    assert CRNNConfig.quick(rnn_hidden=3).rnn_hidden == 3
     with pytest.raises(UserError, match="no field"):
         FrameBiLSTMConfig.quick(hiden=3)
 
@@ -132,3 +132,31 @@ def test_paper_sizes_are_a_comparable_budget():
     print("baseline parameters (paper preset):", counts)
     assert all(2e5 <= n <= 2e6 for n in counts.values()), counts
     assert max(counts.values()) / min(counts.values()) < 10
+
+
+@pytest.mark.parametrize("name", ["crnn", "dnn"])
+def test_gru_baselines_can_use_lstm_cells(name):
+    torch.manual_seed(0)
+    model = build_model(name, "quick", cell="lstm", **SMALL_MEL.get(name, {}))
+    assert any(isinstance(m, torch.nn.LSTM) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.GRU) for m in model.modules())
+    assert model(example_batch(model, 4, 1))["pred"].shape == (1, 4, 2)
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_runs_under_vmap_over_padded_tasks(name):
+    # the meta-learner maps models over tasks with torch.func.vmap (its vmap_ready swaps in plain-op RNNs)
+    from torch.func import functional_call, vmap
+
+    from dsaml_utils import meta
+
+    model = quick(name).eval()
+    tasks = [example_batch(model, 5, 1, seed=s) for s in (1, 2)]
+    tasks[1]["mask"][0, 3:] = False
+    stacked = {k: torch.stack([t[k] for t in tasks]) for k in tasks[0]}
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    with meta.vmap_ready(model):
+        preds = vmap(lambda b: functional_call(model, (params, buffers), (b,))["pred"])(stacked)
+    with torch.no_grad():
+        for i, t in enumerate(tasks):
+            torch.testing.assert_close(preds[i][t["mask"]], model(t)["pred"][t["mask"]], atol=1e-5, rtol=1e-4)
