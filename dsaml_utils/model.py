@@ -51,7 +51,6 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from dsaml_utils.baselines import BASELINES, BiRNN, PresetConfig, count_parameters, per_step, require, step_mask
 from dsaml_utils.errors import UserError
