@@ -59,7 +59,7 @@ class EvalConfig:
     kshots: tuple[int, ...] = (1, 2, 4, 8)  # support songs per held-out listener; 1 is the paper's case
     support_steps: int | None = 60  # adapt on the first N labelled steps of each support song (authors:
     # 60); None = every window of the support song
-    draws: int = 1  # different support draws per listener (each a new random choice of support songs)
+    draws: int = 1  # support draws per listener: draw d rotates the listener's seeded song order by d
     interval: str = "t"  # 95% interval over songs: "t" or "bootstrap" (metrics.interval)
     unseen_listeners_only: bool = True  # PDMER only on listeners without a curve on any training song
 

@@ -6,8 +6,9 @@ predictions averaged), scored against its MEAN curve.
 PDMER: the held-out listeners, i.e. listeners with a curve on a test song and none on any training song
 (`eval.unseen_listeners_only`; when a dataset has none, every test-song listener is used and metrics.json
 says so). Near-flat curves are left out with the task filter's flat rule. For each k in `eval.kshots` and
-each listener with more than k songs: k support songs are drawn (nested: the k = 1 support song is among
-the k = 2 ones), the model is adapted on their first `eval.support_steps` labelled steps by MAML's inner
+each listener with more than k songs and each draw d < `eval.draws`: the listener's songs are put in a
+seeded order rotated by d, the first k are the support songs (nested: the k = 1 support song is among the
+k = 2 ones), the model is adapted on their first `eval.support_steps` labelled steps by MAML's inner
 loop (`meta.personalize`, `meta.inner_steps` SGD steps at `meta.inner_lr`, train mode), and every other
 song of that listener is predicted whole and scored against the listener's own curve. The same query
 pairs are also scored without adaptation ("no_adaptation"), so the personalization gain is visible.
@@ -155,11 +156,12 @@ def evaluate_pdmer(model, ds: MusicDataset, store: dict[str, SongData], train_id
     out = {"listeners": len(listeners), "songs_per_listener": {k: len(v) for k, v in listeners.items()},
            "notes": notes, "kshot": {}}
     jobs = [(k, i, lst, d) for k in cfg.eval.kshots for i, lst in enumerate(listeners)
-            for d in range(cfg.eval.draws) if len(listeners[lst]) > k]
+            for d in range(min(cfg.eval.draws, len(listeners[lst]))) if len(listeners[lst]) > k]
     rows: dict[int, dict[str, list]] = {k: {"adapted": [], "no_adaptation": []} for k in cfg.eval.kshots}
     for k, i, lst, d in tqdm(jobs, desc="personalize", unit="listener", disable=not progress, leave=False):
         songs = listeners[lst]
-        perm = step_rng(seed, _EVAL_STREAM, i * 1000 + d).permutation(len(songs))
+        # one seeded order per listener; draw d rolls it by d, so draws use different support songs
+        perm = np.roll(step_rng(seed, _EVAL_STREAM, i).permutation(len(songs)), -d)
         order = [songs[j] for j in perm]
         support, query = order[:k], order[k:]
         params = adapt_to_listener(model, store, support_items(store, support, lst, cfg), cfg,

@@ -505,6 +505,7 @@ class Trainer:
         self.history: list[dict] = []
         self._losses: list[float] = []
         self.wall = 0.0
+        self.cfg.save(self.out / "config.json")  # only once the run could be set up
 
     # ---- setup helpers
 
@@ -517,8 +518,6 @@ class Trainer:
                 diff = _dict_diff(old.to_dict(), self.cfg.to_dict())
                 raise UserError(f"{self.out}: holds a run with a different config ({diff}); "
                                 "use another --out, or the same options to resume it")
-        else:
-            self.cfg.save(path)
 
     def _drop_missing(self) -> None:
         have = set(self.store)
@@ -553,6 +552,7 @@ class Trainer:
             "best": dict(self.best),
             "history": json.dumps(self.history),
             "wall_seconds": self.wall,
+            "pending_losses": torch.tensor(self._losses, dtype=torch.float64),
         }
 
     def load_state(self, state: dict) -> None:
@@ -564,6 +564,7 @@ class Trainer:
         self.best = {"score": float(state["best"]["score"]), "step": int(state["best"]["step"])}
         self.history = json.loads(state["history"])
         self.wall = float(state.get("wall_seconds", 0.0))
+        self._losses = [float(x) for x in state.get("pending_losses", torch.zeros(0)).tolist()]
 
     def save(self) -> None:
         """checkpoint.pt and history.json, both atomically."""

@@ -1,0 +1,84 @@
+"""Run presets: paper values, quick deviations, JSON round trip, overrides and errors."""
+
+import json
+
+import pytest
+
+from dsaml_utils.config import EvalConfig, RunConfig, TrainConfig, apply_overrides, preset
+from dsaml_utils.errors import UserError
+
+
+def test_paper_preset_holds_the_papers_values():
+    cfg = preset("paper")
+    assert (cfg.train.lr, cfg.train.steps, cfg.train.window) == (5e-5, 2000, 60)
+    m = cfg.meta
+    assert (m.inner_lr, m.inner_steps, m.tasks_per_step, m.support_songs, m.query_songs, m.first_order) == \
+        (5e-3, 16, 16, 1, 15, True)
+    assert (m.outer_lr, m.meta_steps) == (5e-5, 2000)  # tied to train.lr / train.steps
+    assert (cfg.mel.sample_rate, cfg.mel.n_mels, cfg.mel.n_frames) == (44100, 128, 51)
+    assert cfg.encoder == "imagebind" and cfg.model == "dsaml" and cfg.deviations == []
+    assert (cfg.tasks.min_songs, cfg.tasks.flat_threshold, cfg.tasks.flat_window) == (16, 0.01, 60)
+    assert cfg.model_overrides() == {"n_frames": 51, "n_mels": 128}
+
+
+def test_quick_preset_records_its_deviations_and_fits_the_model():
+    cfg = preset("quick")
+    assert cfg.preset == "quick" and cfg.dataset == "synthetic"
+    assert len(cfg.deviations) >= 4 and any("mel" in d for d in cfg.deviations)
+    assert cfg.meta.outer_lr == cfg.train.lr and cfg.meta.meta_steps == cfg.train.steps
+    over = cfg.model_overrides()
+    assert over["n_mels"] == cfg.mel.n_mels == 64 and over["use_global_encoder"] is False
+
+
+def test_strategy_defaults_follow_the_mode():
+    assert RunConfig(mode="pdmer").strategy == "personalized"
+    assert RunConfig(mode="dmer").strategy == "traditional"
+    assert RunConfig(mode="dmer", strategy="personalized").maml is False
+    with pytest.raises(UserError, match="mode"):
+        RunConfig(mode="maml")
+    with pytest.raises(UserError, match="strategy"):
+        RunConfig(strategy="random")
+
+
+def test_json_round_trip(tmp_path):
+    cfg = preset("quick")
+    apply_overrides(cfg, ["eval.kshots=[1, 3]", "model_config.d_model=32", "train.grad_clip=1.5"])
+    cfg.save(tmp_path / "config.json")
+    back = RunConfig.load(tmp_path / "config.json")
+    assert back.to_dict() == cfg.to_dict()
+    assert back.eval.kshots == (1, 3) and isinstance(back.train, TrainConfig)
+    assert back.mel.n_mels == 64 and back.model_config == {"d_model": 32}
+
+
+def test_load_reports_bad_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        RunConfig.load(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    with pytest.raises(UserError, match="bad.json"):
+        RunConfig.load(bad)
+    d = preset("quick").to_dict()
+    d["train"]["stepz"] = 3
+    bad.write_text(json.dumps(d))
+    with pytest.raises(UserError, match="stepz"):
+        RunConfig.load(bad)
+
+
+def test_overrides_set_nested_fields_and_reject_unknown_ones():
+    cfg = apply_overrides(preset("quick"), ["meta.inner_steps=8", "train.lr=0.01", "encoder=none",
+                                            "mel.n_mels=32", "model_config.use_local_attention=false"])
+    assert cfg.meta.inner_steps == 8 and cfg.meta.outer_lr == 0.01 and cfg.mel.n_mels == 32
+    assert cfg.model_overrides()["use_local_attention"] is False and cfg.model_overrides()["n_mels"] == 32
+    for bad in ("meta.inner_stepz=3", "train", "nothing.here=1"):
+        with pytest.raises(UserError):
+            apply_overrides(preset("quick"), [bad])
+    with pytest.raises(UserError, match="select"):
+        apply_overrides(preset("quick"), ["train.select=worst"])
+
+
+def test_unknown_preset_and_model():
+    with pytest.raises(UserError, match="preset"):
+        preset("huge")
+    with pytest.raises(UserError, match="model"):
+        RunConfig(model="transformerxl").model_overrides()
+    assert EvalConfig().kshots == (1, 2, 4, 8)
