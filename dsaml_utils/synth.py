@@ -80,12 +80,18 @@ in the ways that make personalization (PDMER) worth doing.
    1_2000 static file. ``swap_static_le_1000`` (default True, CLI ``--no-static-swap`` to turn off)
    reproduces that quirk so loaders can be tested on it; the dynamic files are never swapped.
 
-Run ``dsaml synth --out data/synthetic`` (see ``--help``); the library entry is ``generate(out, cfg)``.
+Default size: 120 clips (24 anonymous) + 6 full songs, 24 training + 2 lazy + 6 test listeners, 6 raters
+per clip and 4 per full song, 22.05 kHz MP3 (~40 MB on disk). It costs ~75 s of CPU (MP3 encoding is about half),
+so ~40 s on two free cores with the default two threads.
+
+Use: ``dsaml synth --out data/synthetic`` (see ``--help``), or in Python ``generate(out, SynthConfig(...))``.
+``plan(cfg)`` shows who rates what without making audio, ``render_song(id, seconds, cfg)`` gives one song's
+audio and truth in memory, ``load_truth(root)`` reads the hidden curves and listener records back, and
+``listener_divergence(root)`` measures how far listeners are from the MEAN curves and from the truth.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
@@ -117,6 +123,8 @@ TRUTH_DIR = Path("synthetic_truth")
 LABEL_START = 15.0  # DEAM's first label time (s)
 CONTROL_RATE = 20  # Hz; latent, music parameters and listener simulation live on this grid
 FIRST_FULL_ID = 2001
+SECTION_SECONDS = (9.0, 13.0)  # range of typical section lengths (s)
+CROSSFADE = 1.0  # s; the emotion changes between sections over this long
 
 # Measured with the default SynthConfig (seed 0) by listener_divergence; see the module docstring.
 DEFAULT_DIVERGENCE = {
@@ -215,10 +223,6 @@ def _rng(cfg: SynthConfig, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([cfg.seed, *key]))
 
 
-SECTION_SECONDS = (9.0, 13.0)  # typical section length range (s)
-CROSSFADE = 1.0  # s; emotion changes between sections over this long
-
-
 def _plan_sections(rng: np.random.Generator, duration: float) -> list[_Section]:
     """A form such as A B A' C A with an emotion per section."""
     n = max(2, int(round(duration / rng.uniform(*SECTION_SECONDS))))
@@ -245,7 +249,7 @@ def _plan_sections(rng: np.random.Generator, duration: float) -> list[_Section]:
 
 
 def _latent(rng: np.random.Generator, sections: list[_Section], n: int) -> np.ndarray:
-    """[n, 2] (arousal, valence) on the control grid: drift and wobble inside sections, ~0.5 s crossfades."""
+    """[n, 2] (arousal, valence) on the control grid: drift and wobble inside sections, CROSSFADE between."""
     t = np.arange(n) / CONTROL_RATE
     lat = np.zeros((n, 2))
     for s in sections:
@@ -403,8 +407,8 @@ def _synthesize(rng: np.random.Generator, sections: list[_Section], lat: np.ndar
     master = 10 ** (rng.uniform(-4, 4) / 20)  # per-song mastering gain: loudness alone is not arousal
     letters = sorted({s.letter for s in sections})
     progression = {ltr: _PROGRESSIONS[rng.integers(len(_PROGRESSIONS))] for ltr in letters}
-    motif = {ltr: np.cumsum(np.concatenate([[rng.integers(0, 5)], rng.choice([-2, -1, -1, 1, 1, 2, 0], 7)]))
-             for ltr in letters}
+    steps = lambda: np.concatenate([[rng.integers(0, 5)], rng.choice([-2, -1, -1, 1, 1, 2, 0], 7)])  # noqa: E731
+    motif = {ltr: np.clip(np.cumsum(steps()), -2, 9) for ltr in letters}  # a stepwise 8-note tune
     sec_start = np.array([s.start for s in sections])
 
     # The sixteenth-note grid follows the tempo curve: phase = integral of beats per second.
@@ -443,7 +447,8 @@ def _synthesize(rng: np.random.Generator, sections: list[_Section], lat: np.ndar
 
     # Chords and bass: the letter's progression, one chord per bar; struck every beat or every 2 beats.
     bar = np.arange(n_slots) // 16
-    bar_in_sec = bar - np.array([bar[np.argmax(sec == s)] for s in sec])
+    first_slot = np.searchsorted(sec, np.arange(len(sections)))  # sec never decreases
+    bar_in_sec = bar - bar[np.minimum(first_slot, n_slots - 1)][sec]
     strike = np.nonzero((pos % 8 == 0) | ((pos % 4 == 0) & (d > 0.55)))[0]
     root = np.array([progression[sections[sec[i]].letter][bar_in_sec[i] % 4] for i in strike])
     length = np.minimum(np.where(d[strike] > 0.55, 4, 8) * slot_dur[strike] * 0.98, 1.6)
@@ -762,7 +767,7 @@ def _check(cfg: SynthConfig) -> None:
         problems.append("raters_per_full_song must be in 1..test_listeners when there are full songs")
     if cfg.sample_rate < 8000:
         problems.append("sample_rate must be >= 8000 Hz")
-    if min(cfg.listeners, cfg.test_listeners, cfg.lazy_listeners, cfg.workers - 1) < 0:
+    if min(cfg.listeners, cfg.test_listeners, cfg.lazy_listeners) < 0 or cfg.workers < 1:
         problems.append("listener counts must be >= 0 and workers >= 1")
     if problems:
         raise UserError("invalid synthetic dataset config: " + "; ".join(problems))
