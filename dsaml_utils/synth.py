@@ -81,8 +81,8 @@ in the ways that make personalization (PDMER) worth doing.
    reproduces that quirk so loaders can be tested on it; the dynamic files are never swapped.
 
 Default size: 120 clips (24 anonymous) + 6 full songs, 24 training + 2 lazy + 6 test listeners, 6 raters
-per clip and 4 per full song, 22.05 kHz MP3 (~40 MB on disk). It costs ~75 s of CPU (MP3 encoding is about half),
-so ~40 s on two free cores with the default two threads.
+per clip and 4 per full song, 22.05 kHz MP3 (~40 MB on disk). It costs ~75 s of CPU (MP3 encoding is
+about half), so ~40 s on two free cores with the default two threads.
 
 Use: ``dsaml synth --out data/synthetic`` (see ``--help``), or in Python ``generate(out, SynthConfig(...))``.
 ``plan(cfg)`` shows who rates what without making audio, ``render_song(id, seconds, cfg)`` gives one song's
