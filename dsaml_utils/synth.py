@@ -407,8 +407,11 @@ def _synthesize(rng: np.random.Generator, sections: list[_Section], lat: np.ndar
     master = 10 ** (rng.uniform(-4, 4) / 20)  # per-song mastering gain: loudness alone is not arousal
     letters = sorted({s.letter for s in sections})
     progression = {ltr: _PROGRESSIONS[rng.integers(len(_PROGRESSIONS))] for ltr in letters}
-    steps = lambda: np.concatenate([[rng.integers(0, 5)], rng.choice([-2, -1, -1, 1, 1, 2, 0], 7)])  # noqa: E731
-    motif = {ltr: np.clip(np.cumsum(steps()), -2, 9) for ltr in letters}  # a stepwise 8-note tune
+    def tune() -> np.ndarray:  # a stepwise 8-note motif in scale degrees
+        steps = np.concatenate([[rng.integers(0, 5)], rng.choice([-2, -1, -1, 1, 1, 2, 0], 7)])
+        return np.clip(np.cumsum(steps), -2, 9)
+
+    motif = {ltr: tune() for ltr in letters}
     sec_start = np.array([s.start for s in sections])
 
     # The sixteenth-note grid follows the tempo curve: phase = integral of beats per second.
@@ -478,7 +481,8 @@ def _synthesize(rng: np.random.Generator, sections: list[_Section], lat: np.ndar
 
     # Percussion: kick every beat, snare on 2 and 4 when driven, hi-hat clicks on the sixteenth grid.
     drums = _drums(sr, rng)
-    _render_templates(out, sr, slot_t[on_beat], 0.35 * gain[on_beat] * (0.4 + 0.6 * d[on_beat]), drums["kick"])
+    kick_amp = 0.35 * gain[on_beat] * (0.4 + 0.6 * d[on_beat])
+    _render_templates(out, sr, slot_t[on_beat], kick_amp, drums["kick"])
     sn = np.nonzero((pos % 8 == 4) & (d > 0.4))[0]
     _render_templates(out, sr, slot_t[sn], 0.25 * gain[sn] * d[sn], drums["snare"])
     p_hat = np.where(pos % 2 == 0, np.clip(1.6 * d - 0.3, 0, 1), np.clip(1.8 * d - 0.9, 0, 1))
