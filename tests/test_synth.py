@@ -295,7 +295,8 @@ def test_bad_config_and_existing_output_are_clear_errors(tiny, tmp_path):
 def test_cli_text_output_and_divergence(tmp_path):
     rc, out = run_cli(["synth", "--out", str(tmp_path / "t"), "--divergence", "--seed", "3", "--songs", "3",
                        "--anonymous-songs", "1", "--full-songs", "1", "--listeners", "4",
-                       "--test-listeners", "2", "--lazy-listeners", "1", "--raters-per-song", "3", "--raters-per-full-song", "2",
+                       "--test-listeners", "2", "--lazy-listeners", "1", "--raters-per-song", "3",
+                       "--raters-per-full-song", "2",
                        "--clip-seconds", "16", "--full-seconds", "20", "20", "--sample-rate", "8000"])
     assert rc == 0
     assert "3 clips (1 without WorkerId), 1 full songs" in out and "listener_vs_mean_rmse" in out
