@@ -929,7 +929,8 @@ def listener_divergence(root: str | Path, filt: TaskFilter | None = None) -> dic
     for dim in ("arousal", "valence"):
         times, vals, ids = _read_curves(root / AVG_DYNAMIC_DIR / f"{dim}.csv")
         for sid, row in zip(ids, vals):
-            means.setdefault(sid, {})[dim] = row[~np.isnan(row)]
+            last = np.nonzero(~np.isnan(row))[0]  # drop the empty tail of a shorter song
+            means.setdefault(sid, {})[dim] = row[: last[-1] + 1 if len(last) else 0]
     truth = load_truth(root)[0] if (root / TRUTH_DIR / "truth.npz").is_file() else None
 
     per: dict[str, dict[str, list]] = {}
@@ -948,15 +949,21 @@ def listener_divergence(root: str | Path, filt: TaskFilter | None = None) -> dic
             if filt.flat_threshold > 0 and is_flat(curve, filt.flat_threshold, filt.flat_window):
                 flat += 1
                 continue
-            n = min(len(ra), len(means[sid]["arousal"]))
+            tv = truth.get(sid) if truth is not None else None
+            n = min(len(ra), len(means[sid]["arousal"]), len(means[sid]["valence"]),
+                    len(tv) if tv is not None else len(ra))
             mine = np.stack([ra[:n], rv[:n]], 1)
             ref = np.stack([means[sid]["arousal"][:n], means[sid]["valence"][:n]], 1)
+            ok = np.isfinite(mine).all(1) & np.isfinite(ref).all(1)  # skip empty cells (real DEAM has some)
+            if ok.sum() < 2:
+                continue
+            mine, ref, n = mine[ok], ref[ok], int(ok.sum())
             rec = per.setdefault(wid, {"vs_mean_rmse": [], "vs_mean_ccc": [], "vs_truth_rmse": [],
                                        "vs_truth_ccc": []})
             rec["vs_mean_rmse"].append([_rmse(mine[:, d], ref[:, d]) for d in range(2)])
             rec["vs_mean_ccc"].append([_ccc(mine[:, d], ref[:, d]) for d in range(2)])
-            if truth is not None and sid in truth:
-                tv = truth[sid].values()[:n]
+            if tv is not None:
+                tv = tv.values()[:len(ok)][ok]
                 rec["vs_truth_rmse"].append([_rmse(mine[:, d], tv[:, d]) for d in range(2)])
                 rec["vs_truth_ccc"].append([_ccc(mine[:, d], tv[:, d]) for d in range(2)])
 

@@ -312,3 +312,14 @@ def test_inspect_agrees_with_generate(tiny):
         assert got[key] == s[key], key
     assert got["train_songs"] == s["clips"] and got["full_length_songs"] == s["test_songs"]
     assert any("swapped" in p for p in got["problems"])  # the reproduced public-DEAM quirk is detected
+
+
+def test_divergence_reads_a_real_deam_layout_without_truth(tmp_path):
+    from fixtures import RATED, WORKERS, write_deam_fixture
+
+    write_deam_fixture(tmp_path)
+    div = synth.listener_divergence(tmp_path)
+    assert "mean_vs_truth_rmse" not in div and div["flat_curves_dropped"] == 1
+    assert set(div["per_listener"]) == set(WORKERS)
+    assert div["curves"] == sum(len(s) for s in RATED.values()) - 1
+    assert all(np.isfinite(div["listener_vs_mean_rmse"])) and 0 < div["listener_vs_mean_rmse"][0] < 1
