@@ -223,7 +223,7 @@ def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: Feat
     model_digest = file_digest(run / "model.pt")
     if reuse and (run / "metrics.json").is_file():
         old = json.loads((run / "metrics.json").read_text())
-        if old.get("model_digest") == model_digest and old.get("config") == cfg.to_dict():
+        if old.get("model_digest") == model_digest and old.get("config") == json.loads(json.dumps(cfg.to_dict())):
             return old
     t0 = time.perf_counter()
     device = resolve_device(cfg.train.device)
@@ -295,7 +295,8 @@ def format_metrics(metrics: dict | list[dict], k: int = 1) -> str:
         comb = combine_runs(runs, k)
         for part, title in rows.items():
             if part in comb:
-                cells = [f"{comb[part][c]['mean']:.3f} ± {_fmt(comb[part][c]['std'])}" for c in cols]
+                cells = [f"{comb[part][c]['mean']:.3f} ± {_fmt(comb[part][c]['std'])}" if c in comb[part] else "-"
+                         for c in cols]
                 lines.append(f"{title:34}" + "".join(f"{c:>22}" for c in cells))
         lines.append(f"mean ± std over {len(runs)} run(s): " + ", ".join(str(m.get('run')) for m in runs))
     else:
@@ -307,7 +308,8 @@ def format_metrics(metrics: dict | list[dict], k: int = 1) -> str:
         for part, title in rows.items():
             s = summaries[part]
             if s:
-                cells = [f"{s[c]['mean']:.3f} [{_fmt(s[c]['lo'])}, {_fmt(s[c]['hi'])}]" for c in cols]
+                cells = [f"{s[c]['mean']:.3f} [{_fmt(s[c]['lo'])}, {_fmt(s[c]['hi'])}]" if c in s else "-"
+                         for c in cols]
                 lines.append(f"{title:34}" + "".join(f"{c:>22}" for c in cells))
         lines.append(f"run {m.get('run')} (seed {m.get('seed')}, {m.get('mode')}/{m.get('strategy')}, "
                      f"{m.get('model')}, preset {m.get('preset')}); 95% intervals over songs / pairs")

@@ -1,0 +1,195 @@
+"""Evaluation: sliding-window prediction, held-out listeners, metrics.json and provenance, CLIs."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from dsaml_utils import evaluate as E
+from dsaml_utils import train as T
+from dsaml_utils.cli import main as cli_main
+from dsaml_utils.data import MEAN, Curve, MusicDataset, Song, TaskFilter
+from dsaml_utils.errors import DataError
+from dsaml_utils.features import FeatureCache
+from dsaml_utils.synth import AUDIO_DIR, TRUTH_DIR
+from test_train import one_thread, tiny_cache, tiny_config, tiny_ds, tiny_root  # noqa: F401 (fixtures)
+
+
+class StepEcho(nn.Module):
+    """Predicts, for each step, a function of that step's own input only (any window gives the same value)."""
+
+    inputs = ("mel", "mask")
+
+    def forward(self, batch):
+        m = batch["mel"].mean(dim=(2, 3))
+        return {"pred": torch.stack([m, 2 * m], -1), "aux_loss": m.new_zeros(())}
+
+
+def test_predict_song_averages_windows_over_every_step():
+    T_ = 23
+    mel = np.random.default_rng(0).normal(size=(T_, 3, 2)).astype(np.float32)
+    sd = T.SongData("s", 0.5 * np.arange(T_), {"mel": mel}, {MEAN: np.zeros((T_, 2), np.float32)})
+    want = mel.mean(axis=(1, 2))
+    for window, hop in ((8, 3), (8, 8), (30, 5), (8, 50)):
+        pred = T.predict_song(StepEcho(), sd, window, hop)
+        assert pred.shape == (T_, 2)
+        assert np.allclose(pred[:, 0], want, atol=1e-6) and np.allclose(pred[:, 1], 2 * want, atol=1e-6)
+
+
+def test_held_out_listeners_are_unseen_and_not_flat():
+    t = 0.5 * np.arange(12)
+    wave = np.sin(t)
+
+    def song(sid, raters):
+        curves = {MEAN: Curve(t, wave, wave)}
+        curves.update({r: Curve(t, wave * (0 if r == "flat" else 1), wave * (0 if r == "flat" else 1))
+                       for r in raters})
+        return Song(sid, None, curves)
+
+    songs = {"1": song("1", ["seen"]), "2": song("2", ["seen", "new", "flat"]), "3": song("3", ["new"])}
+    ds = MusicDataset("x", ".", songs, ["1"], ["2", "3"], (-1, 1))
+    store = {s: T.SongData(s, t, {}, {k: T.align_curve(c, t) for k, c in songs[s].curves.items()})
+             for s in songs}
+    cfg = tiny_config(".", ".")
+    cfg.tasks = TaskFilter(min_songs=1, flat_threshold=0.01, flat_window=60)
+    got, notes = E.held_out_listeners(ds, store, ["1"], ["2", "3"], cfg)
+    assert got == {"new": ["2", "3"]} and notes == []
+    ds.songs["1"] = song("1", ["seen", "new"])  # now nobody on the test songs is unseen
+    got, notes = E.held_out_listeners(ds, store, ["1"], ["2", "3"], cfg)
+    assert got == {"new": ["2", "3"], "seen": ["2"]} and "seen in training" in notes[0]
+
+
+def test_read_curve_csv_and_its_errors(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text("time,arousal,valence\n15.0,0.1,-0.2\n15.5,0.2,-0.1\n16.0,0.3,0.0\n")
+    c = E.read_curve_csv(p)
+    assert c.times.tolist() == [15.0, 15.5, 16.0] and c.valence.tolist() == pytest.approx([-0.2, -0.1, 0.0])
+    E.write_curve_csv(tmp_path / "d.csv", c.times, c.values())
+    assert np.allclose(E.read_curve_csv(tmp_path / "d.csv").values(), c.values(), atol=1e-4)
+    cases = {"time,arousal\n0,1\n": "header", "time,arousal,valence\n0,1,x\n": "line 2",
+             "time,arousal,valence\n0,1,1\n1.0,1,1\n": "0.5 s", "": "empty", "time,arousal,valence\n": "no curve"}
+    for text, msg in cases.items():
+        p.write_text(text)
+        with pytest.raises(DataError, match=msg) as err:
+            E.read_curve_csv(p)
+        assert "c.csv" in str(err.value)
+    with pytest.raises(DataError, match="not found"):
+        E.read_curve_csv(tmp_path / "missing.csv")
+
+
+def test_data_fingerprint_follows_the_annotations(tmp_path, tiny_root):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_root / "DEAM_Annotations", root / "DEAM_Annotations")
+    ds = MusicDataset("synthetic", root, {}, ["2", "3"], ["2001"], (-1, 1))
+    a = E.data_fingerprint(ds)
+    assert a == E.data_fingerprint(ds) and len(a) == 64
+    f = next((root / "DEAM_Annotations").rglob("arousal.csv"))
+    f.write_text(f.read_text() + "\n")
+    b = E.data_fingerprint(ds)
+    assert b != a
+    ds.test_ids = ["2002"]
+    assert E.data_fingerprint(ds) != b
+    assert E.code_version()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_ds, tiny_root, tiny_cache, tmp_path_factory):  # noqa: F811
+    run = tmp_path_factory.mktemp("evalrun") / "pdmer"
+    cfg = tiny_config(tiny_root, tiny_cache, mode="pdmer", extra=["eval.draws=2"])
+    T.train(cfg, run, ds=tiny_ds, cache=FeatureCache(tiny_cache), progress=False)
+    return run
+
+
+def test_metrics_json_keys_and_provenance(tiny_run, tiny_root, tiny_ds, tmp_path):  # noqa: F811
+    m = E.evaluate_run(tiny_run, ds=tiny_ds, progress=False)
+    on_disk = json.loads((tiny_run / "metrics.json").read_text())
+    for key in ("run", "seed", "config", "data", "code_version", "model_digest", "train", "dmer", "pdmer",
+                "headline", "created"):
+        assert key in on_disk, key
+    assert on_disk["seed"] == 0 and on_disk["config"]["mode"] == "pdmer"
+    assert on_disk["data"]["fingerprint"] == E.data_fingerprint(tiny_ds)
+    assert on_disk["model_digest"] == E.file_digest(tiny_run / "model.pt")
+    # DMER: every test song, all five metrics per dimension with a 95% interval
+    assert [r["song_id"] for r in m["dmer"]["per_song"]] == tiny_ds.test_ids
+    s = m["dmer"]["summary"]["arousal_ccc"]
+    assert s["lo"] <= s["mean"] <= s["hi"] and s["n"] == 2
+    assert {f"{d}_{k}" for d in ("arousal", "valence") for k in ("ccc", "pcc", "rmse", "kendall_tau", "r2")} \
+        == set(m["dmer"]["summary"])
+    # PDMER: exactly the synthetic test listeners; k = 4 impossible with 2 songs each
+    truth = json.loads((tiny_root / TRUTH_DIR / "listeners.json").read_text())
+    rows = truth if isinstance(truth, list) else truth.get("listeners", truth)
+    test_ids = {r["listener_id"] for r in rows if r.get("role") == "test"}
+    k1 = m["pdmer"]["kshot"]["1"]
+    assert {p["listener"] for p in k1["adapted"]["per_pair"]} == test_ids
+    assert "skipped" in m["pdmer"]["kshot"]["4"]
+    for a, b in zip(k1["adapted"]["per_pair"], k1["no_adaptation"]["per_pair"]):
+        assert (a["listener"], a["song_id"]) == (b["listener"], b["song_id"])
+        assert a["song_id"] not in a["support"]
+    assert k1["pairs"] == 2 * 2 * 1  # 2 listeners x 2 draws x 1 query song
+    adapted = [p["arousal_rmse"] for p in k1["adapted"]["per_pair"]]
+    plain = [p["arousal_rmse"] for p in k1["no_adaptation"]["per_pair"]]
+    assert adapted != plain  # adaptation changed the predictions
+    assert m["headline"]["pdmer"]["arousal_ccc"] == pytest.approx(k1["adapted"]["summary"]["arousal_ccc"]["mean"])
+    # reuse returns the stored file; a changed model.pt forces recomputation
+    assert E.evaluate_run(tiny_run, ds=tiny_ds, progress=False, reuse=True)["created"] == on_disk["created"]
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    state = torch.load(copy / "model.pt", weights_only=True)
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, copy / "model.pt")
+    again = E.evaluate_run(copy, ds=tiny_ds, progress=False, reuse=True)
+    assert again["model_digest"] != on_disk["model_digest"] and again["run"] == str(copy)
+
+
+def test_combine_runs_gives_mean_and_std():
+    def fake(v):
+        s = {"arousal_ccc": {"mean": v}, "valence_ccc": {"mean": -v}}
+        return {"dmer": {"summary": s}, "pdmer": {"kshot": {"1": {"adapted": {"summary": s},
+                                                                  "no_adaptation": {"summary": s}}}}}
+    out = E.combine_runs([fake(0.1), fake(0.3)])
+    assert out["dmer"]["arousal_ccc"]["mean"] == pytest.approx(0.2)
+    assert out["pdmer"]["valence_ccc"]["std"] == pytest.approx(np.std([0.1, 0.3], ddof=1))
+    assert out["pdmer_no_adaptation"]["arousal_ccc"]["n"] == 2
+    assert "±" in E.format_metrics([fake(0.1), fake(0.3)])
+
+
+def test_evaluate_cli_json(tiny_run, capsys):
+    assert cli_main(["evaluate", "--run", str(tiny_run), "--json", "--reuse"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["headline"]["dmer"]["arousal_ccc"] == pytest.approx(
+        json.loads((tiny_run / "metrics.json").read_text())["headline"]["dmer"]["arousal_ccc"])
+    assert cli_main(["evaluate", "--run", str(tiny_run), str(tiny_run), "--reuse"]) == 0
+    assert "mean ± std over 2 run(s)" in capsys.readouterr().out
+    assert cli_main(["evaluate", "--run", str(tiny_run.parent / "nothing")]) == 2
+
+
+def test_personalize_cli_writes_state_csv_and_png(tiny_run, tiny_root, tiny_ds, tmp_path, capsys):  # noqa: F811
+    song = tiny_ds.songs[tiny_ds.test_ids[0]]
+    lst = song.listeners[0]
+    curve = tmp_path / "mine.csv"
+    E.write_curve_csv(curve, song.curves[lst].times, song.curves[lst].values())
+    audio = tiny_root / AUDIO_DIR / f"{song.song_id}.mp3"
+    other = tiny_root / AUDIO_DIR / f"{tiny_ds.test_ids[1]}.mp3"
+    out = tmp_path / "me"
+    assert cli_main(["personalize", "--run", str(tiny_run), "--support", str(audio), str(curve),
+                     "--predict", str(other), "--out", str(out), "--quiet"]) == 0
+    assert "personal.pt" in capsys.readouterr().out
+    pred = E.read_curve_csv(out / f"{other.stem}.csv")
+    last = tiny_ds.songs[other.stem].curves[MEAN].times[-1]  # the song's last 0.5 s slice
+    assert pred.times[0] == 0.0 and pred.times[-1] == last and len(pred) == int(last / 0.5) + 1
+    assert (out / f"{other.stem}.png").read_bytes()[:4] == b"\x89PNG"
+    state = torch.load(out / "personal.pt", weights_only=True)
+    assert state["delta"] and all(float(v.abs().max()) > 0 for v in state["delta"].values())
+    # the saved personal state alone reproduces the same predictions
+    again = tmp_path / "again"
+    assert cli_main(["personalize", "--run", str(tiny_run), "--personal", str(out / "personal.pt"),
+                     "--predict", str(other), "--out", str(again), "--quiet"]) == 0
+    assert (again / f"{other.stem}.csv").read_text() == (out / f"{other.stem}.csv").read_text()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("t,a,v\n0,0,0\n")
+    assert cli_main(["personalize", "--run", str(tiny_run), "--support", str(audio), str(bad),
+                     "--predict", str(other), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "bad.csv" in capsys.readouterr().err
