@@ -1,0 +1,115 @@
+"""Compare global encoders on a synthetic dataset: time per 30 s excerpt, and how well a song's embedding
+predicts its mean arousal / valence (ridge regression, 5-fold cross-validated R^2).
+
+    dsaml synth --out /tmp/synth --seed 0
+    python docs/encoder_comparison.py --root /tmp/synth [--encoders vibenet mel-stats imagebind-random]
+
+"mel-stats" (mean and std over time of a 128-band log-mel, no pretraining) is the floor a pretrained
+encoder has to beat; "imagebind-random" is the ImageBind architecture with random weights (timing only:
+without the real checkpoint its R^2 says nothing about ImageBind). Numbers go to docs/encoders.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from dsaml_utils.data import MEAN, load_dataset
+from dsaml_utils.encoders import GlobalEncoder, ImageBindEncoder, dataset_embeddings, get_encoder, song_excerpt
+from dsaml_utils.features import FeatureCache
+from dsaml_utils.imagebind import ImageBindAudio
+
+
+class MelStats(GlobalEncoder):
+    """Mean and std over time of a 16 kHz, 128-band log-mel (25 ms / 10 ms): a no-pretraining baseline."""
+
+    name, dim, identity = "mel-stats", 256, "mel-stats-v1"
+
+    def embed(self, wave):
+        from dsaml_utils.features import kaldi_fbank
+
+        fb = kaldi_fbank(torch.from_numpy(wave)).numpy()
+        return np.concatenate([fb.mean(0), fb.std(0)]).astype(np.float32)
+
+
+class RandomImageBind(ImageBindEncoder):
+    """Full-size ImageBind audio architecture with random weights (for timing)."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model, self.device, self.dim, self.identity = ImageBindAudio().eval(), "cpu", 1024, "random-seed0"
+        self.name = "imagebind-random"
+
+
+def make(name: str) -> GlobalEncoder:
+    return {"mel-stats": MelStats, "imagebind-random": RandomImageBind}.get(name, lambda: get_encoder(name))()
+
+
+def ridge_cv_r2(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Outer k-fold R^2 per target column; alpha picked inside each training fold by leave-one-out error."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    pred = np.zeros_like(y)
+    alphas = 10.0 ** np.arange(-3, 5)
+    for k in range(folds):
+        test = order[k::folds]
+        train = np.setdiff1d(order, test)
+        mu, sd = x[train].mean(0), x[train].std(0) + 1e-8
+        xt, ym = (x[train] - mu) / sd, y[train].mean(0)
+        u, s, vt = np.linalg.svd(xt, full_matrices=False)
+        best = None
+        for a in alphas:  # closed-form leave-one-out residuals of ridge via the hat matrix diagonal
+            shrink = s**2 / (s**2 + a)
+            fitted = u @ (shrink[:, None] * (u.T @ (y[train] - ym)))
+            h = (u**2 * shrink).sum(1) + 1.0 / len(train)
+            loo = ((y[train] - ym - fitted) / (1 - h)[:, None]) ** 2
+            if best is None or loo.mean() < best[0]:
+                best = (loo.mean(), a)
+        a = best[1]
+        coef = vt.T @ ((s / (s**2 + a))[:, None] * (u.T @ (y[train] - ym)))
+        pred[test] = ((x[test] - mu) / sd) @ coef + ym
+    return 1 - ((y - pred) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
+
+
+def stack(emb: dict[str, np.ndarray], ids: list[str]) -> np.ndarray:
+    """[N, dim] float64 in the order of ids (every id must have an embedding)."""
+    return np.stack([emb[s] for s in ids]).astype(np.float64)
+
+
+def seconds_per_excerpt(enc: GlobalEncoder, repeats: int = 3) -> float:
+    """Median wall time of embed() on a 30 s excerpt at the encoder's rate, after one warm-up call."""
+    wave = np.random.default_rng(0).standard_normal(30 * enc.sample_rate).astype(np.float32) * 0.1
+    enc.embed(wave)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        enc.embed(wave)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", required=True, help="a dataset written by `dsaml synth`")
+    ap.add_argument("--encoders", nargs="+", default=["vibenet", "mel-stats", "imagebind-random"])
+    ap.add_argument("--cache", default=None, help="feature cache directory (default: none)")
+    args = ap.parse_args()
+    cache = FeatureCache(args.cache) if args.cache else None
+    ds = load_dataset("synthetic", args.root)
+    ids = [s for s in ds.train_ids if ds.songs[s].audio_path is not None and MEAN in ds.songs[s].curves]
+    y = np.array([ds.songs[s].curves[MEAN].values().mean(0) for s in ids])  # (arousal, valence) means
+    print(f"{len(ids)} clips; excerpt of the first: {song_excerpt(ds.songs[ids[0]])}; torch threads {torch.get_num_threads()}")
+    encs = [make(name) for name in args.encoders]
+    secs = [seconds_per_excerpt(enc) for enc in encs]  # timed back to back, so the ratios compare like with like
+    print(f"{'encoder':18s} {'dim':>5s} {'s / 30 s':>9s} {'x ' + encs[0].name:>12s} {'R2 arousal':>11s} {'R2 valence':>11s}")
+    for enc, sec in zip(encs, secs):
+        r2 = (np.full(2, np.nan) if enc.name == "imagebind-random"  # random weights: timing only
+              else ridge_cv_r2(stack(dataset_embeddings(enc, ds, ids, cache), ids), y))
+        print(f"{enc.name:18s} {enc.dim:5d} {sec:9.3f} {sec / secs[0]:12.2f} {r2[0]:11.3f} {r2[1]:11.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
