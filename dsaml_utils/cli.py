@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "dsaml_utils.model",    # dsaml model-summary
     "dsaml_utils.train",    # dsaml train
     "dsaml_utils.evaluate",  # dsaml evaluate, dsaml personalize
+    "dsaml_utils.experiments",  # dsaml experiment
 ]
 
 

@@ -1,0 +1,92 @@
+"""Experiments: specs -> runs per seed (reused), tables with mean ± std and provenance, CLI."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dsaml_utils import experiments as X
+from dsaml_utils.cli import main as cli_main
+from dsaml_utils.errors import UserError
+from test_train import TINY_RUN, one_thread, tiny_cache, tiny_config, tiny_ds, tiny_root  # noqa: F401 (fixtures)
+
+
+def test_specs_build_distinct_configs(tiny_root, tiny_cache):  # noqa: F811
+    base = tiny_config(tiny_root, tiny_cache)
+    a = X.RunSpec("a", "pdmer")
+    b = X.RunSpec("b", "pdmer", overrides={"meta.first_order": False})
+    c = X.RunSpec("c", "dmer", "personalized", model="damff")
+    assert len({a.slug(), b.slug(), c.slug()}) == 3 and a.slug() == "dsaml-pdmer-personalized"
+    cb = b.config(base, seed=7)
+    assert cb.meta.first_order is False and cb.train.seed == 7 and cb.mode == "pdmer"
+    assert base.meta.first_order is True and base.train.seed == 0  # the base is not modified
+    cc = c.config(base, 0)
+    assert (cc.model, cc.strategy, cc.maml) == ("damff", "personalized", False)
+    # every table's specs produce valid configs
+    for exp in X.EXPERIMENTS.values():
+        for spec in exp["specs"]:
+            if spec.overrides.get("model_config.use_adapter") is False:
+                continue  # needs a global encoder, which the quick preset has not
+            spec.config(base, 0).model_overrides()
+
+
+def _fake_metrics(v, seed):
+    s = {f"{d}_{m}": {"mean": v + 0.1 * seed * (d == "arousal")} for d in ("arousal", "valence")
+         for m in ("ccc", "pcc", "rmse")}
+    ks = {"adapted": {"summary": s}, "no_adaptation": {"summary": {k: {"mean": x["mean"] - 0.05}
+                                                                   for k, x in s.items()}}, "pairs": 3}
+    return {"dmer": {"summary": s}, "pdmer": {"kshot": {"1": ks, "2": ks}}, "train": {"train_wall_seconds": 10.0}}
+
+
+def test_tables_average_over_seeds_and_format():
+    results = {"A": [_fake_metrics(0.2, 0), _fake_metrics(0.2, 1)], "B": [_fake_metrics(0.5, 0)]}
+    df = X.results_table(results, "dmer")
+    assert df.loc["A", "arousal_ccc"] == pytest.approx(0.25)
+    assert df.loc["A", "arousal_ccc_std"] == pytest.approx(np.std([0.2, 0.3], ddof=1))
+    assert np.isnan(df.loc["B", "arousal_ccc_std"]) and df.loc["B", "seeds"] == 1
+    p = X.personalization_table(results)
+    assert p.loc["A", "valence_ccc_no_adaptation"] == pytest.approx(0.15)
+    k = X.kshot_table(results, (1, 2))
+    assert list(k.index) == [("A", 1), ("A", 2), ("B", 1), ("B", 2)]
+    f = X.format_table(df)
+    assert f.loc["A", "A CCC"] == "0.250 ± 0.071" and f.loc["B", "V RMSE"] == "0.500"
+    assert "arousal_ccc_std" not in f.columns and "train s" in f.columns
+    with pytest.raises(ValueError):
+        X.results_table(results, "nonsense")
+
+
+def test_run_experiment_trains_reuses_and_saves(tiny_ds, tiny_root, tiny_cache, tmp_path):  # noqa: F811
+    base = tiny_config(tiny_root, tiny_cache, extra=["train.steps=2", "train.eval_every=1"])
+    df, results, (md, csv) = X.run_experiment("personalization", base, [0, 1], tmp_path / "exp",
+                                              progress=False, ds=tiny_ds)
+    assert list(df.index) == [s.name for s in X.EXPERIMENTS["personalization"]["specs"]]
+    assert (df["seeds"] == 2).all() and np.isfinite(df["arousal_ccc_std"]).all()
+    for name, runs in results.items():
+        assert [m["seed"] for m in runs] == [0, 1]
+        got = np.mean([m["pdmer"]["kshot"]["1"]["adapted"]["summary"]["valence_ccc"]["mean"] for m in runs])
+        assert df.loc[name, "valence_ccc"] == pytest.approx(got)
+    text = md.read_text()
+    assert "±" in text and "seeds: 0,1" in text and "preset: quick" in text
+    assert pd.read_csv(csv).shape[0] == 2
+    first = {m["run"]: m["created"] for runs in results.values() for m in runs}
+    # a second call reuses every run and every metrics.json; a table sharing a run reuses it too
+    _, again, _ = X.run_experiment("personalization", base, [0, 1], tmp_path / "exp", progress=False, ds=tiny_ds)
+    assert {m["run"]: m["created"] for runs in again.values() for m in runs} == first
+    k, kres, _ = X.run_experiment("kshot", base, [0], tmp_path / "exp", progress=False, ds=tiny_ds)
+    assert kres["DSAML"][0]["created"] == results["DSAML (MAML, personalized tasks)"][0]["created"]
+    assert set(k.index.get_level_values("k")) == {1, 4}
+    with pytest.raises(UserError, match="unknown experiment"):
+        X.run_experiment("table9", base, [0], tmp_path / "exp", progress=False, ds=tiny_ds)
+
+
+def test_experiment_cli(tiny_root, tiny_cache, tmp_path, capsys):  # noqa: F811
+    args = ["experiment", "order", "--seeds", "0", "--root", str(tiny_root), "--dataset", "synthetic",
+            "--cache", tiny_cache, "--out", str(tmp_path / "e"), "--steps", "1", "--quiet"]
+    args += [a for s in TINY_RUN if not s.startswith("train.steps") for a in ("--set", s)]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "first order" in out and "second order" in out
+    cfgs = [json.loads(p.read_text()) for p in sorted((tmp_path / "e").glob("*/seed0/config.json"))]
+    assert sorted(c["meta"]["first_order"] for c in cfgs) == [False, True]
+    assert (tmp_path / "e" / "tables" / "order.md").is_file()
