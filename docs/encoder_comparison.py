@@ -3,6 +3,7 @@ predicts its mean arousal / valence (ridge regression, 5-fold cross-validated R^
 
     dsaml synth --out /tmp/synth --seed 0
     python docs/encoder_comparison.py --root /tmp/synth [--encoders vibenet mel-stats imagebind-random]
+    python docs/encoder_comparison.py --onnxruntime     # port vs vibenet's ONNX graph (pip install onnx onnxruntime)
 
 "mel-stats" (mean and std over time of a 128-band log-mel, no pretraining) is the floor a pretrained
 encoder has to beat; "imagebind-random" is the ImageBind architecture with random weights (timing only:
@@ -91,12 +92,56 @@ def seconds_per_excerpt(enc: GlobalEncoder, repeats: int = 3) -> float:
     return float(np.median(times))
 
 
+def check_against_onnxruntime(repeats: int = 5) -> None:
+    """Our torch port vs vibenet's own ONNX graph run by onnxruntime (needs `pip install onnx onnxruntime`)."""
+    import onnx
+    import onnxruntime as ort
+
+    from dsaml_utils.encoders import find_vibenet_onnx, load_vibenet_backbone, vibenet_mel
+
+    path = find_vibenet_onnx()
+    graph = onnx.load(str(path))
+    pooled = [n for n in graph.graph.node if n.op_type == "ReduceMean"][-1].output[0]  # the global pool
+    graph.graph.output.append(onnx.helper.make_tensor_value_info(pooled, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    wave = np.random.default_rng(0).standard_normal(30 * 16000).astype(np.float32) * 0.1
+    mel = vibenet_mel(wave)
+    model = load_vibenet_backbone(path)
+    fast = load_vibenet_backbone(path).to(memory_format=torch.channels_last)
+
+    def run_ort():
+        return sess.run(None, {"x": mel[None]})[1].reshape(-1)
+
+    def run(m):
+        with torch.inference_mode():
+            return m(torch.from_numpy(mel)[None])[0].numpy()
+
+    ref = run_ort()
+    print(f"pooled features, max |ours - onnxruntime|: {np.abs(run(model) - ref).max():.2e} (max |ref| {np.abs(ref).max():.2f})")
+    times = {}
+    for name, f in [("onnxruntime", run_ort), ("torch", lambda: run(model)), ("torch channels_last", lambda: run(fast))]:
+        f()
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+        times[name] = float(np.median(ts))
+    for name, t in times.items():
+        print(f"{name:20s} {t * 1000:7.0f} ms per 30 s mel  x{t / times['onnxruntime']:.2f} onnxruntime")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", required=True, help="a dataset written by `dsaml synth`")
+    ap.add_argument("--root", help="a dataset written by `dsaml synth`")
+    ap.add_argument("--onnxruntime", action="store_true", help="only check the vibenet port against onnxruntime")
     ap.add_argument("--encoders", nargs="+", default=["vibenet", "mel-stats", "imagebind-random"])
     ap.add_argument("--cache", default=None, help="feature cache directory (default: none)")
     args = ap.parse_args()
+    if args.onnxruntime:
+        return check_against_onnxruntime()
+    if not args.root:
+        ap.error("--root is required")
     cache = FeatureCache(args.cache) if args.cache else None
     ds = load_dataset("synthetic", args.root)
     ids = [s for s in ds.train_ids if ds.songs[s].audio_path is not None and MEAN in ds.songs[s].curves]

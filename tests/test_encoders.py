@@ -298,3 +298,14 @@ def test_cli_embed(tmp_path, vibenet_file, monkeypatch, capsys):
     assert "a.wav" in capsys.readouterr().err
     assert cli.main(["embed", str(a), "--encoder", "imagebind", "--out", str(out)]) == 2
     assert imagebind.CHECKPOINT_URL in capsys.readouterr().err
+
+
+def test_file_identity_follows_content(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"x" * 3_000_000)
+    b.write_bytes(b"x" * 3_000_000)
+    assert file_identity(a) == file_identity(b)  # same content, other name
+    b.write_bytes(b"x" * 2_999_999 + b"y")  # last MiB differs
+    assert file_identity(a) != file_identity(b)
+    b.write_bytes(b"x" * 3_000_001)  # size differs
+    assert file_identity(a) != file_identity(b)
