@@ -174,8 +174,9 @@ def pick_kernel(preferred: str = KERNEL) -> str:
 
 
 SMOKE_SYNTH = dict(songs=6, full_songs=2, anonymous_songs=1, listeners=3, test_listeners=2, lazy_listeners=1,
-                   raters_per_song=3, raters_per_full_song=2, full_seconds=(50.0, 60.0), sample_rate=16000)
-"""SynthConfig fields of the smoke preset's dataset: 6 clips of 45 s, 2 test songs, a few listeners."""
+                   raters_per_song=3, raters_per_full_song=2, clip_seconds=25.0, full_seconds=(30.0, 35.0),
+                   sample_rate=16000)
+"""SynthConfig fields of the smoke preset's dataset: 6 clips of 25 s (20 labels), 2 test songs of 30-35 s."""
 
 
 def synthetic_ready(root: str | Path) -> bool:
@@ -310,14 +311,12 @@ def register_cli(subparsers) -> None:
 
 
 SMOKE_RUN = {
-    "train.steps": 2, "train.batch_size": 4, "train.eval_every": 1, "train.checkpoint_every": 1,
-    "meta.tasks_per_step": 2, "meta.inner_steps": 1, "meta.query_songs": 2,
-    "tasks.min_songs": 2, "eval.kshots": [1, 2],
-    "model_config": {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_layers": 1},
+    "train.steps": 2, "train.batch_size": 2, "train.window": 20, "train.eval_every": 0,
+    "train.checkpoint_every": 0, "meta.tasks_per_step": 2, "meta.inner_steps": 1, "meta.query_songs": 2,
+    "tasks.min_songs": 2, "eval.kshots": [1], "eval.hop": 10, "eval.support_steps": 20,
+    "mel.sample_rate": 16000,
 }
 """RunConfig overrides of the smoke preset (on top of the quick preset): seconds, not results."""
-
-
 class Session:
     """What a notebook needs from its parameters: paths, provenance, the dataset, figure/table saving."""
 
@@ -334,6 +333,12 @@ class Session:
         self.dataset_name, self.preset, self.seed, self.device = dataset, preset, int(seed), device
         self._ds = None
         seed_everything(self.seed)
+        if preset == "smoke":
+            # Tiny tensors: one thread is faster, and far faster when other processes share the cores
+            # (OpenMP threads spin while they wait for each other).
+            import torch
+
+            torch.set_num_threads(1)
         warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
 
     @property
@@ -376,6 +381,59 @@ class Session:
         for k, v in fields.items():
             setattr(cfg, k, v)
         return cfg.resolve()
+
+    def experiment(self, name: str, progress: bool = True):
+        """experiments.run_experiment(name) with this session's config and seed: trains (or reuses) its runs
+        under <run_dir>/runs, writes the table into the tables directory; returns (table, results, paths)."""
+        from dsaml_utils.experiments import run_experiment
+
+        return run_experiment(name, self.run_config(), [self.seed], self.run_dir / "runs", self.tables_dir,
+                              progress=progress, ds=self.dataset())
+
+    def spec(self, experiment: str, row: str):
+        """The experiments.RunSpec of one row of an experiment (e.g. "table3", "w/o attention loss")."""
+        from dsaml_utils.experiments import EXPERIMENTS
+
+        if experiment not in EXPERIMENTS:
+            raise UserError(f"unknown experiment {experiment!r}; choose from {', '.join(EXPERIMENTS)}")
+        specs = {s.name: s for s in EXPERIMENTS[experiment]["specs"]}
+        if row not in specs:
+            raise UserError(f"experiment {experiment!r} has no row {row!r}; rows: {', '.join(specs)}")
+        return specs[row]
+
+    def run_folder(self, experiment: str, row: str) -> Path:
+        """Where the run of one experiment row lives for this session's seed."""
+        return self.run_dir / "runs" / self.spec(experiment, row).slug() / f"seed{self.seed}"
+
+    def ensure(self, experiment: str, row: str, progress: bool = True) -> dict:
+        """Train (or reuse) and evaluate the run of one experiment row; returns its metrics."""
+        from dsaml_utils.experiments import run_specs
+
+        spec = self.spec(experiment, row)
+        res = run_specs([spec], self.run_config(), [self.seed], self.run_dir / "runs", progress=progress,
+                        ds=self.dataset())
+        return res[spec.name][0]
+
+    def load(self, experiment: str, row: str):
+        """(RunConfig, model in eval mode) of one experiment row's run (trained first when needed)."""
+        from dsaml_utils.train import load_run_model
+
+        self.ensure(experiment, row, progress=False)
+        return load_run_model(self.run_folder(experiment, row), self.device)
+
+    def song_data(self, cfg, model, song_ids: list[str]) -> dict:
+        """train.SongData (model inputs and every listener's labels) of these songs, from the cache."""
+        from dsaml_utils.features import FeatureCache
+        from dsaml_utils.train import build_store
+
+        return build_store(self.dataset(), list(song_ids), cfg, model, FeatureCache(self.cache_dir), progress=False)
+
+    def history(self, experiment: str, row: str):
+        """One experiment row's training history (loss, validation scores per evaluation) as a DataFrame."""
+        import pandas as pd
+
+        path = self.run_folder(experiment, row) / "history.json"
+        return pd.DataFrame(json.loads(path.read_text())) if path.is_file() else pd.DataFrame()
 
     def dataset(self):
         """The dataset (generated first when synthetic and absent), loaded once."""
