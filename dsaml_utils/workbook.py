@@ -378,6 +378,8 @@ class Session:
         if self.preset == "smoke":
             apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in SMOKE_RUN.items()])
             cfg.deviations.append("smoke: a couple of updates of a tiny model, to exercise the code only")
+        if "mode" in fields and "strategy" not in fields:
+            cfg.strategy = None  # the new mode's default strategy
         for k, v in fields.items():
             setattr(cfg, k, v)
         return cfg.resolve()

@@ -27,7 +27,7 @@ def test_quick_preset_records_its_deviations_and_fits_the_model():
     assert len(cfg.deviations) >= 4 and any("mel" in d for d in cfg.deviations)
     assert cfg.meta.outer_lr == cfg.train.lr and cfg.meta.meta_steps == cfg.train.steps
     over = cfg.model_overrides()
-    assert over["n_mels"] == cfg.mel.n_mels == 64 and over["use_global_encoder"] is False
+    assert over["n_mels"] == cfg.mel.n_mels == 32 and over["n_frames"] == 26 and over["use_global_encoder"] is False
 
 
 def test_strategy_defaults_follow_the_mode():
@@ -47,7 +47,7 @@ def test_json_round_trip(tmp_path):
     back = RunConfig.load(tmp_path / "config.json")
     assert back.to_dict() == cfg.to_dict()
     assert back.eval.kshots == (1, 3) and isinstance(back.train, TrainConfig)
-    assert back.mel.n_mels == 64 and back.model_config == {"d_model": 32}
+    assert back.mel.n_mels == 32 and back.model_config == {"d_model": 32}
 
 
 def test_load_reports_bad_files(tmp_path):

@@ -164,26 +164,6 @@ def test_functional_rnn_matches_torch(cell):
     torch.testing.assert_close(patched, rnn(x)[0])
 
 
-def test_functional_norms_match_torch():
-    torch.manual_seed(4)
-    cases = [(nn.BatchNorm1d(3), torch.randn(4, 3, 5)), (nn.BatchNorm2d(3, momentum=None), torch.randn(2, 3, 4, 4)),
-             (nn.BatchNorm1d(3, affine=False), torch.randn(6, 3))]
-    for bn, x in cases:
-        bn = bn.double()
-        x = x.double()
-        twin = copy.deepcopy(bn)
-        for _ in range(2):  # train mode twice: the running statistics update identically
-            torch.testing.assert_close(meta.functional_batch_norm(bn, x), twin(x))
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            torch.testing.assert_close(getattr(bn, name), getattr(twin, name))
-        bn.eval(), twin.eval()
-        torch.testing.assert_close(meta.functional_batch_norm(bn, x + 1), twin(x + 1))
-    ln = nn.LayerNorm([3, 4]).double()
-    nn.init.normal_(ln.weight)
-    x = torch.randn(2, 3, 4, dtype=torch.float64)
-    torch.testing.assert_close(meta.functional_layer_norm(ln, x), ln(x))
-
-
 def test_stack_batches_pads_time_and_rejects_mismatch():
     g = torch.Generator().manual_seed(0)
     a, b = make_batch(g, 2, steps=4), make_batch(g, 2, steps=6)

@@ -209,3 +209,21 @@ def test_embedding_map_separates_by_label():
     assert "12 songs, 8-d" in fig._suptitle.get_text()
     with pytest.raises(ValueError, match="at least two songs"):
         plots.plot_embedding_map({"0": emb["0"]}, lab)
+
+
+def test_kshot_long_and_paper_results():
+    table = pd.DataFrame({"model": ["DSAML", "DSAML"], "k": [1, 2], "arousal_ccc": [0.3, 0.4],
+                          "arousal_ccc_no_adaptation": [0.1, 0.1], "valence_ccc": [0.2, 0.25],
+                          "valence_ccc_no_adaptation": [0.0, 0.0], "pairs": [10, 8]}).set_index(["model", "k"])
+    long = plots.kshot_long(table)
+    assert list(long.columns) == ["model", "k", "adaptation", "arousal_ccc", "valence_ccc"]
+    assert long["adaptation"].tolist() == ["adapted", "adapted", "no adaptation", "no adaptation"]
+    assert long["arousal_ccc"].tolist() == [0.3, 0.4, 0.1, 0.1]
+    fig = plots.plot_kshot_curve(long.assign(model=long.model + ", " + long.adaptation))
+    assert len(fig.axes[0].containers) == 2  # one errorbar line per model+adaptation
+    with pytest.raises(ValueError, match="not in the k-shot table"):
+        plots.kshot_long(table.drop(columns="valence_ccc"))
+    t1 = plots.PAPER_RESULTS["table1_deam"]
+    assert list(t1.columns) == ["model", *plots.PAPER_COLUMNS]
+    assert t1.set_index("model").loc["DSAML", "arousal_ccc"] == 0.39  # the paper's headline number
+    assert plots.PAPER_RESULTS["table2"].set_index("model").loc["DAMFF", "valence_rmse"] == 0.39

@@ -151,3 +151,44 @@ def test_registered_in_cli():
     from dsaml_utils import cli
 
     assert "dsaml_utils.workbook" in cli.COMMAND_MODULES
+
+
+def _session(tmp_path, preset="smoke", seed=3):
+    return workbook.Session("synthetic", str(tmp_path / "data"), preset, seed, str(tmp_path / "run"),
+                            str(tmp_path / "figs"), str(tmp_path / "figs" / "tables"), "cpu")
+
+
+def test_session_run_config_smoke_and_quick(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        s = _session(tmp_path)
+        assert torch.get_num_threads() == 1  # smoke runs single-threaded
+    finally:
+        torch.set_num_threads(threads)
+    cfg = s.run_config(mode="pdmer")
+    assert (cfg.preset, cfg.mode, cfg.strategy, cfg.dataset) == ("quick", "pdmer", "personalized", "synthetic")
+    assert cfg.root == str(tmp_path / "data") and cfg.cache_dir == str(tmp_path / "run" / "cache")
+    assert (cfg.train.seed, cfg.train.device) == (3, "cpu")
+    for key, value in workbook.SMOKE_RUN.items():
+        section, field = key.split(".")
+        got = getattr(getattr(cfg, section), field)
+        assert (list(got) if isinstance(got, tuple) else got) == value, key
+    assert any(d.startswith("smoke:") for d in cfg.deviations)
+    q = _session(tmp_path, "quick").run_config()
+    assert q.train.steps != workbook.SMOKE_RUN["train.steps"] and q.cache_dir == str(workbook.REPO / "data" / "cache")
+    assert not any(d.startswith("smoke:") for d in q.deviations)
+
+
+def test_session_spec_and_run_folder(tmp_path):
+    s = _session(tmp_path)
+    spec = s.spec("table3", "w/o attention loss")
+    assert spec.overrides == {"model_config.use_attention_loss": False}
+    assert s.run_folder("table3", "w/o attention loss") == tmp_path / "run" / "runs" / spec.slug() / "seed3"
+    assert s.run_folder("table4", "DSAML") == s.run_folder("table2", "DSAML")  # rows share runs
+    with pytest.raises(UserError, match="unknown experiment"):
+        s.spec("table9", "DSAML")
+    with pytest.raises(UserError, match="has no row 'Ours'"):
+        s.spec("table1", "Ours")
+    assert s.history("table1", "DSAML").empty  # not trained yet
