@@ -4,10 +4,13 @@ Encoders (``get_encoder(name)``):
 
 - ``imagebind``: ImageBind-huge's audio branch (the paper's choice, 1024-d), ``dsaml_utils.imagebind``;
   needs the user's local ``imagebind_huge.pth`` (non-commercial licence).
+- ``musicnn`` (the default without ImageBind): the MSD tagging CNN of the PyPI package ``musicnn`` 0.1.0
+  (ISC), 1506-d max+mean-pooled mid-end features averaged over 3 s patches. Its TensorFlow-1 checkpoint is
+  read without TensorFlow into a torch port (``dsaml_utils.music_encoders``); install the wheel with
+  ``pip install --no-deps musicnn==0.1.0`` (its declared dependencies do not install on Python 3.11).
 - ``vibenet``: the EfficientNet-B0 of the PyPI package ``vibenet`` 0.1.0 (distilled on FMA to predict
-  valence, energy, ...), 1280-d pooled features. Its weights ship in the wheel as an ONNX file, which this
-  module reads itself into its own torch EfficientNet-B0: neither onnxruntime nor vibenet's code is used.
-  GPL-3.0-or-later weights, an optional install (``pip install --no-deps vibenet==0.1.0``).
+  valence, energy, ...), 1280-d pooled features, read from the ONNX file in its wheel. GPL-3.0-or-later
+  weights: opt-in (``pip install --no-deps vibenet==0.1.0``).
 - ``none``: no global feature (dim 0); the model then runs on its local features alone.
 
 Excerpt rule (the same for training and ``dsaml embed``): a song is embedded over its labelled span,
@@ -26,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from dsaml_utils import imagebind
@@ -34,16 +36,24 @@ from dsaml_utils.audio import audio_digest, load_audio
 from dsaml_utils.data import HOP_SECONDS, MEAN, MusicDataset, Song
 from dsaml_utils.errors import DataError, UserError
 from dsaml_utils.features import FeatureCache, imagebind_clips
+from dsaml_utils.music_encoders import MUSICNN_MODELS, load_musicnn, load_vibenet_backbone, musicnn_patches, vibenet_mel
 
-ENCODERS = ("imagebind", "vibenet", "none")
+ENCODERS = ("imagebind", "musicnn", "vibenet", "none")
 EMBED_VERSION = 1
 """Bumped whenever an encoder changes what it computes, so old cache entries stop matching."""
 
+MUSICNN_ENV = "DSAML_MUSICNN_CHECKPOINT"
+MUSICNN_INSTALL = (
+    "install its weights with `pip install --no-deps musicnn==0.1.0` (a 29 MB wheel of TensorFlow checkpoints, "
+    "ISC licence; --no-deps is required: its declared numpy<1.17 and tensorflow do not install on Python 3.11 "
+    "and are not used), or set "
+    f"{MUSICNN_ENV}=path/to/MSD_musicnn/ (the folder holding .index), or choose --encoder none|vibenet|imagebind"
+)
 VIBENET_ENV = "DSAML_VIBENET_ONNX"
 VIBENET_INSTALL = (
-    "install its weights with `pip install --no-deps vibenet==0.1.0` (an 18 MB wheel holding the ONNX file; "
-    "GPL-3.0-or-later) or `pip install 'dsaml-utils[vibenet]'` (also pulls vibenet's own runtime, ~350 MB, "
-    f"unused here), or set {VIBENET_ENV}=path/to/efficientnet_model.onnx, or choose --encoder none|imagebind"
+    "install its weights with `pip install --no-deps vibenet==0.1.0` (an 18 MB wheel holding the ONNX file, "
+    "GPL-3.0-or-later; --no-deps skips ~330 MB of vibenet's own runtime that dsaml does not use), "
+    f"or set {VIBENET_ENV}=path/to/efficientnet_model.onnx, or choose --encoder none|musicnn|imagebind"
 )
 
 
@@ -100,205 +110,13 @@ class ImageBindEncoder(GlobalEncoder):
 # vibenet: log-mel front end, EfficientNet-B0, and a reader for the weights in its ONNX file
 
 
-def slaney_mel_filterbank(sr: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None) -> np.ndarray:
-    """[n_mels, 1 + n_fft // 2] Slaney-scale, Slaney-normalised triangular filters (librosa's default)."""
-    f_max = sr / 2 if f_max is None else f_max
-
-    # Slaney's mel scale: linear below 1 kHz (3 mel per 200 Hz), logarithmic above.
-    def to_mel(f):
-        f = np.asarray(f, dtype=np.float64)
-        return np.where(f < 1000.0, 3.0 * f / 200.0, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0))
-
-    def to_hz(m):
-        m = np.asarray(m, dtype=np.float64)
-        return np.where(m < 15.0, 200.0 * m / 3.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)))
-
-    edges = to_hz(np.linspace(to_mel(f_min), to_mel(f_max), n_mels + 2))
-    bins = np.linspace(0.0, sr / 2, 1 + n_fft // 2)
-    rise = (bins[None, :] - edges[:-2, None]) / np.diff(edges)[:-1, None]
-    fall = (edges[2:, None] - bins[None, :]) / np.diff(edges)[1:, None]
-    weights = np.maximum(0.0, np.minimum(rise, fall))
-    return (weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)  # equal area per filter
-
-
-def vibenet_mel(wave: np.ndarray, sr: int = 16000) -> np.ndarray:
-    """vibenet's input: [128, frames] power mel in dB, 40 ms Hann window, 20 ms hop, no centring, top 80 dB."""
-    win, hop, n_fft = 640, 320, 1024
-    y = np.asarray(wave, dtype=np.float32)
-    if len(y) < win:
-        y = np.pad(y, (0, win - len(y)))
-    frames = np.lib.stride_tricks.sliding_window_view(y, win)[::hop]
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)).astype(np.float32)  # periodic Hann
-    spec = np.fft.rfft(frames * window, n=n_fft, axis=-1)
-    power = (spec.real**2 + spec.imag**2).astype(np.float32)
-    mel = slaney_mel_filterbank(sr, n_fft, 128, 0.0, 8000.0) @ power.T
-    db = 10.0 * np.log10(np.maximum(mel, 1e-10))
-    return np.maximum(db, db.max() - 80.0).astype(np.float32)
-
-
-def _conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
-    """Conv (no bias) -> BatchNorm -> SiLU (optional), the unit EfficientNet is built from."""
-    layers = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-    return nn.Sequential(*layers, nn.SiLU()) if act else nn.Sequential(*layers)
-
-
-class SqueezeExcite(nn.Module):
-    """Channel gating from globally pooled features."""
-
-    def __init__(self, channels: int, squeeze: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Conv2d(channels, squeeze, 1)
-        self.fc2 = nn.Conv2d(squeeze, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = nn.functional.silu(self.fc1(x.mean(dim=(2, 3), keepdim=True)))
-        return x * torch.sigmoid(self.fc2(s))
-
-
-class MBConv(nn.Module):
-    """Inverted residual: (expand 1x1) -> depthwise kxk -> squeeze-excite -> project 1x1 (+ skip)."""
-
-    def __init__(self, cin: int, cout: int, expand: int, k: int, stride: int) -> None:
-        super().__init__()
-        mid = cin * expand
-        layers = [_conv_bn(cin, mid)] if expand != 1 else []
-        layers += [_conv_bn(mid, mid, k, stride, groups=mid), SqueezeExcite(mid, max(1, cin // 4)),
-                   _conv_bn(mid, cout, act=False)]
-        self.block = nn.Sequential(*layers)
-        self.skip = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x) if self.skip else self.block(x)
-
-
-# EfficientNet-B0 stages: (expand ratio, kernel, stride, in channels, out channels, blocks).
-B0_STAGES = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
-             (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1)]
-
-
-class EfficientNetB0(nn.Module):
-    """EfficientNet-B0 features (torchvision's key layout) on a mel image: [B, 128, T] -> pooled [B, 1280]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        stages = [_conv_bn(3, 32, 3, 2)]
-        for expand, k, stride, cin, cout, n in B0_STAGES:
-            stages.append(nn.Sequential(*[MBConv(cin if i == 0 else cout, cout, expand, k, stride if i == 0 else 1)
-                                          for i in range(n)]))
-        stages.append(_conv_bn(320, 1280))
-        self.features = nn.Sequential(*stages)
-
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        x = mel.unsqueeze(1).expand(-1, 3, -1, -1)  # vibenet feeds the mel image as 3 identical channels
-        return self.features(x).mean(dim=(2, 3))
-
-
-def _varint(buf: memoryview, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(buf: memoryview):
-    """(field number, value) of each field of a protobuf message; length-delimited values are memoryviews."""
-    i = 0
-    while i < len(buf):
-        tag, i = _varint(buf, i)
-        kind = tag & 7
-        if kind == 0:
-            value, i = _varint(buf, i)
-        elif kind == 1:
-            value, i = buf[i:i + 8], i + 8
-        elif kind == 2:
-            n, i = _varint(buf, i)
-            value, i = buf[i:i + n], i + n
-        elif kind == 5:
-            value, i = buf[i:i + 4], i + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {kind}")
-        yield tag >> 3, value
-
-
-def _packed_varints(buf: memoryview) -> list[int]:
-    out, i = [], 0
-    while i < len(buf):
-        v, i = _varint(buf, i)
-        out.append(v)
-    return out
-
-
-_ONNX_FLOAT, _ONNX_INT64 = 1, 7
-
-
-def read_onnx_initializers(path: str | Path) -> dict[str, np.ndarray]:
-    """The float32 and int64 initializer tensors (weights) of an ONNX model file, by name.
-
-    A minimal protobuf walk over ModelProto.graph (field 7) -> GraphProto.initializer (field 5) ->
-    TensorProto {dims 1, data_type 2, float_data 4, int64_data 7, name 8, raw_data 9}.
-    """
-    path = Path(path)
-    try:
-        buf = memoryview(path.read_bytes())
-        graph = next((v for f, v in _fields(buf) if f == 7), None)
-        if graph is None:
-            raise ValueError("no graph")
-        out = {}
-        for field, tensor in _fields(graph):
-            if field != 5:
-                continue
-            dims, dtype, name, raw, floats, ints = [], 0, "", None, [], []
-            for f, v in _fields(tensor):
-                if f == 1:
-                    dims += _packed_varints(v) if isinstance(v, memoryview) else [v]
-                elif f == 2:
-                    dtype = v
-                elif f == 8:
-                    name = bytes(v).decode()
-                elif f == 9:
-                    raw = v
-                elif f == 4:
-                    floats.append(np.frombuffer(v, dtype="<f4"))
-                elif f == 7:
-                    ints += _packed_varints(v) if isinstance(v, memoryview) else [v]
-                elif f == 14 and v == 1:
-                    raise ValueError(f"tensor {name!r} keeps its data in an external file")
-            if dtype == _ONNX_FLOAT:
-                arr = np.frombuffer(raw, dtype="<f4") if raw is not None else np.concatenate(floats or [np.zeros(0, "<f4")])
-            elif dtype == _ONNX_INT64:
-                arr = np.frombuffer(raw, dtype="<i8") if raw is not None else np.array(ints, dtype=np.int64)
-            else:
-                continue
-            out[name] = arr.reshape(dims).astype(arr.dtype.newbyteorder("="), copy=True)
-        return out
-    except (ValueError, IndexError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a readable ONNX model ({exc})") from exc
-
-
-def load_vibenet_backbone(onnx_path: str | Path) -> EfficientNetB0:
-    """EfficientNet-B0 with the weights named backbone.* in vibenet's ONNX file (eval mode)."""
-    weights = read_onnx_initializers(onnx_path)
-    model = EfficientNetB0()
-    state = model.state_dict()
-    missing, wrong = [], []
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        src = weights.get("backbone." + key)
-        if src is None:
-            missing.append(key)
-        elif tuple(src.shape) != tuple(value.shape):
-            wrong.append(f"{key} {list(src.shape)} != {list(value.shape)}")
-        else:
-            state[key] = torch.from_numpy(src)
-    if missing or wrong:
-        raise UserError(f"{onnx_path}: not vibenet's EfficientNet-B0: missing {missing[:3]} wrong shapes {wrong[:3]}")
-    model.load_state_dict(state)
-    return model.eval()
+def _installed_file(package: str, relative: str) -> Path | None:
+    """A data file inside an installed package, found without importing (running) the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    return path if path.exists() else None
 
 
 def find_vibenet_onnx(path: str | Path | None = None) -> Path:
@@ -308,12 +126,45 @@ def find_vibenet_onnx(path: str | Path | None = None) -> Path:
         if not p.is_file():
             raise UserError(f"{p}: vibenet ONNX file not found; {VIBENET_INSTALL}")
         return p
-    spec = importlib.util.find_spec("vibenet")  # locates the package without running its code
-    if spec is not None and spec.submodule_search_locations:
-        p = Path(list(spec.submodule_search_locations)[0]) / "artifacts" / "efficientnet_model.onnx"
-        if p.is_file():
-            return p
-    raise UserError(f"the vibenet encoder's weights are not installed: {VIBENET_INSTALL}")
+    found = _installed_file("vibenet", "artifacts/efficientnet_model.onnx")
+    if found is None:
+        raise UserError(f"the vibenet encoder's weights are not installed: {VIBENET_INSTALL}")
+    return found
+
+
+def find_musicnn_checkpoint(path: str | Path | None = None, model: str = "MSD_musicnn") -> Path:
+    """Folder of a musicnn checkpoint: the given path, then $DSAML_MUSICNN_CHECKPOINT, then the installed package."""
+    if path or os.environ.get(MUSICNN_ENV):
+        p = Path(path or os.environ[MUSICNN_ENV])
+        if not (p / ".index").is_file():
+            raise UserError(f"{p}: no musicnn checkpoint here (expected {p / '.index'}); {MUSICNN_INSTALL}")
+        return p
+    found = _installed_file("musicnn", f"{model}/.index")
+    if found is None:
+        raise UserError(f"the musicnn encoder's weights are not installed: {MUSICNN_INSTALL}")
+    return found.parent
+
+
+class MusicnnEncoder(GlobalEncoder):
+    """musicnn (MSD tagger by default): 16 kHz log-mel 3 s patches -> 1506-d pooled features, mean over patches."""
+
+    name = "musicnn"
+    FEATURES = {"pool": 1506, "penultimate": 200}
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu", model: str = "MSD_musicnn",
+                 feature: str = "pool") -> None:
+        if model not in MUSICNN_MODELS or feature not in self.FEATURES:
+            raise UserError(f"musicnn model must be one of {MUSICNN_MODELS} and feature one of {tuple(self.FEATURES)}")
+        folder = find_musicnn_checkpoint(checkpoint, model)
+        self.model = load_musicnn(f"{folder}/").to(device)  # musicnn's checkpoint prefix is the folder itself
+        self.device, self.feature, self.dim = device, feature, self.FEATURES[feature]
+        self.identity = f"{feature}:{file_identity(folder / '.data-00000-of-00001')}"
+
+    def embed(self, wave: np.ndarray) -> np.ndarray:
+        patches = torch.from_numpy(musicnn_patches(wave)).to(self.device)
+        with torch.inference_mode():
+            pool, penultimate, _ = self.model(patches)
+        return (pool if self.feature == "pool" else penultimate).mean(dim=0).float().cpu().numpy()
 
 
 class VibeNetEncoder(GlobalEncoder):
@@ -340,12 +191,12 @@ class VibeNetEncoder(GlobalEncoder):
 
 
 def default_encoder_name(checkpoint: str | Path | None = None) -> str:
-    """imagebind when an ImageBind checkpoint is configured (argument, env var, data/checkpoints/), else vibenet."""
-    return "imagebind" if imagebind.find_checkpoint(checkpoint) is not None else "vibenet"
+    """imagebind when an ImageBind checkpoint is configured (argument, env var, data/checkpoints/), else musicnn."""
+    return "imagebind" if imagebind.find_checkpoint(checkpoint) is not None else "musicnn"
 
 
 def get_encoder(name: str, checkpoint: str | Path | None = None, device: str = "cpu") -> GlobalEncoder:
-    """The encoder called `name`; `checkpoint` is ImageBind's .pth or vibenet's .onnx (found when omitted)."""
+    """The encoder called `name`; `checkpoint`: ImageBind's .pth, musicnn's folder or vibenet's .onnx (found when omitted)."""
     if name == "none":
         return NoEncoder()
     if name == "imagebind":
@@ -353,6 +204,8 @@ def get_encoder(name: str, checkpoint: str | Path | None = None, device: str = "
         if path is None:
             raise UserError(f"no ImageBind checkpoint configured. {imagebind.how_to_get_checkpoint()}")
         return ImageBindEncoder(path, device)
+    if name == "musicnn":
+        return MusicnnEncoder(checkpoint, device)
     if name == "vibenet":
         return VibeNetEncoder(checkpoint, device)
     raise UserError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
@@ -415,8 +268,9 @@ def register_cli(sub) -> None:
     p.add_argument("audio", nargs="+", help="audio files")
     p.add_argument("--out", required=True, help="output .npy, shape [N, dim]")
     p.add_argument("--encoder", choices=ENCODERS, default=None,
-                   help="default: imagebind when a checkpoint is configured, else vibenet")
-    p.add_argument("--checkpoint", default=None, help=f"imagebind .pth (or ${imagebind.CHECKPOINT_ENV}) / vibenet .onnx")
+                   help="default: imagebind when a checkpoint is configured, else musicnn")
+    p.add_argument("--checkpoint", default=None,
+                   help=f"imagebind .pth (or ${imagebind.CHECKPOINT_ENV}) / musicnn folder / vibenet .onnx")
     p.add_argument("--start", type=float, default=15.0, help="excerpt start, s (DEAM clips: labels start at 15 s)")
     p.add_argument("--duration", type=float, default=30.0, help="excerpt length, s")
     p.add_argument("--whole", action="store_true", help="embed whole files (ignores --start/--duration)")

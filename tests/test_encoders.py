@@ -10,24 +10,32 @@ import torch
 from dsaml_utils import cli, encoders, imagebind
 from dsaml_utils.data import MEAN, Curve, MusicDataset, Song
 from dsaml_utils.encoders import (
-    EfficientNetB0,
     GlobalEncoder,
+    MusicnnEncoder,
     NoEncoder,
     VibeNetEncoder,
     dataset_embeddings,
     default_encoder_name,
     embed_song,
     file_identity,
+    find_musicnn_checkpoint,
     find_vibenet_onnx,
     get_encoder,
-    load_vibenet_backbone,
-    read_onnx_initializers,
-    slaney_mel_filterbank,
     song_excerpt,
-    vibenet_mel,
 )
 from dsaml_utils.errors import DataError, UserError
 from dsaml_utils.features import FeatureCache
+from dsaml_utils.music_encoders import (
+    EfficientNetB0,
+    Musicnn,
+    load_musicnn,
+    load_vibenet_backbone,
+    musicnn_patches,
+    read_onnx_initializers,
+    read_tf_checkpoint,
+    slaney_mel_filterbank,
+    vibenet_mel,
+)
 
 # ---------------------------------------------------------------------------------------------------
 # A tiny protobuf writer, to build ONNX files in the layout vibenet's exporter produced
@@ -83,6 +91,79 @@ def write_vibenet_onnx(path, seed=0) -> EfficientNetB0:
     tensors["val_482"] = np.array([1, 1280], np.int64)
     write_onnx(path, tensors)
     return model.eval()
+
+
+def write_tf_checkpoint(prefix: str, variables: dict) -> None:
+    """A TensorFlow tensor bundle: prefix.data-00000-of-00001 (raw tensors) + prefix.index (a LevelDB table)."""
+    data, entries, offset = b"", [(b"", _field(1, 1, wire=0))], 0  # the empty key holds the bundle header
+    for name in sorted(variables):
+        arr = np.array(variables[name], dtype="<f4", order="C")  # (ascontiguousarray would make scalars 1-d)
+        shape = b"".join(_field(2, _field(1, d, wire=0)) for d in arr.shape)
+        entry = _field(1, 1, wire=0) + _field(2, shape) + _field(4, offset, wire=0) + _field(5, arr.nbytes, wire=0)
+        entries.append((name.encode(), entry))
+        data, offset = data + arr.tobytes(), offset + arr.nbytes
+
+    def block(items):  # no key sharing, one restart point; then the 5-byte trailer (no compression, crc)
+        body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in items)
+        return body + struct.pack("<II", 0, 1), b"\x00\x00\x00\x00\x00"
+
+    data_block, trailer = block(entries)
+    index_block, _ = block([(entries[-1][0], _varint(0) + _varint(len(data_block)))])
+    index_off = len(data_block) + 5
+    footer = (_varint(0) + _varint(0) + _varint(index_off) + _varint(len(index_block))).ljust(40, b"\x00")
+    with open(f"{prefix}.index", "wb") as f:
+        f.write(data_block + trailer + index_block + trailer + footer + struct.pack("<Q", 0xDB4775248B80FB57))
+    with open(f"{prefix}.data-00000-of-00001", "wb") as f:
+        f.write(data)
+
+
+def musicnn_tf_variables(model: Musicnn) -> dict:
+    """A torch Musicnn's weights under TensorFlow's variable names and layouts (the inverse of loading)."""
+    modules = dict(model.named_modules())
+    out = {}
+    for tf_name, name in zip(_TF_LAYERS, _TORCH_LAYERS):
+        mod = modules[name]
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            pairs = {"gamma": mod.weight, "beta": mod.bias, "moving_mean": mod.running_mean,
+                     "moving_variance": mod.running_var}
+        else:
+            w = mod.weight.detach()
+            kernel = w.T if w.ndim == 2 else w.permute(2, 1, 0)[:, :, None, :] if w.ndim == 3 else w.permute(2, 3, 1, 0)
+            pairs = {"kernel": kernel, "bias": mod.bias}
+        out.update({f"{tf_name}/{k}": v.detach().contiguous().numpy() for k, v in pairs.items()})
+    return out
+
+
+_TF_LAYERS = (["batch_normalization", "conv2d", "batch_normalization_1", "conv2d_1", "batch_normalization_2"]
+              + [f"conv2d_{2 + i}" for i in range(3)] + [f"batch_normalization_{3 + i}" for i in range(3)]
+              + [f"conv2d_{5 + i}" for i in range(3)] + [f"batch_normalization_{6 + i}" for i in range(3)]
+              + ["batch_normalization_9", "dense", "batch_normalization_10", "dense_1"])
+_TORCH_LAYERS = (["input_bn", "timbral.0", "timbral_bn.0", "timbral.1", "timbral_bn.1"]
+                 + [f"temporal.{i}" for i in range(3)] + [f"temporal_bn.{i}" for i in range(3)]
+                 + [f"mid.{i}" for i in range(3)] + [f"mid_bn.{i}" for i in range(3)]
+                 + ["pool_bn", "dense", "dense_bn", "out"])
+
+
+def random_musicnn(seed=0) -> Musicnn:
+    torch.manual_seed(seed)
+    model = Musicnn()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("running_var"):
+                t.uniform_(0.5, 1.5)
+            elif name.endswith(("running_mean", "bias")):
+                t.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def musicnn_dir(tmp_path_factory):
+    """A folder laid out like musicnn/MSD_musicnn/ in the wheel, with random weights."""
+    folder = tmp_path_factory.mktemp("musicnn") / "MSD_musicnn"
+    folder.mkdir()
+    model = random_musicnn()
+    write_tf_checkpoint(f"{folder}/", {**musicnn_tf_variables(model), "beta1_power": np.ones((), np.float32)})
+    return folder, model
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +303,7 @@ def test_get_encoder_and_default(tmp_path, monkeypatch):
         get_encoder("clap")
     with pytest.raises(UserError, match="no ImageBind checkpoint configured.*imagebind_huge.pth"):
         get_encoder("imagebind")
-    assert default_encoder_name() == "vibenet"
+    assert default_encoder_name() == "musicnn"
     assert default_encoder_name("some/imagebind_huge.pth") == "imagebind"
     monkeypatch.setenv(imagebind.CHECKPOINT_ENV, "x.pth")
     assert default_encoder_name() == "imagebind"
@@ -279,18 +360,20 @@ def test_song_excerpt_and_dataset_embeddings(tmp_path):
     assert any("song 3" in p for p in ds.problems)
 
 
-def test_cli_embed(tmp_path, vibenet_file, monkeypatch, capsys):
+def test_cli_embed(tmp_path, vibenet_file, musicnn_dir, monkeypatch, capsys):
     monkeypatch.setenv(encoders.VIBENET_ENV, str(vibenet_file[0]))
+    monkeypatch.setenv(encoders.MUSICNN_ENV, str(musicnn_dir[0]))
     monkeypatch.delenv(imagebind.CHECKPOINT_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     a, b = write_wav(tmp_path / "a.wav", 3.0), write_wav(tmp_path / "b.wav", 4.0)
     out = tmp_path / "emb.npy"
     assert cli.main(["embed", str(a), str(b), "--whole", "--out", str(out), "--cache", str(tmp_path / "c")]) == 0
     emb = np.load(out)
-    assert emb.shape == (2, 1280)  # default encoder without an ImageBind checkpoint: vibenet
-    enc = get_encoder("vibenet")
-    np.testing.assert_allclose(emb[1], embed_song(enc, b, None), rtol=1e-5, atol=1e-6)
-    assert "2 x 1280 vibenet" in capsys.readouterr().out
+    assert emb.shape == (2, 1506)  # default encoder without an ImageBind checkpoint: musicnn
+    np.testing.assert_allclose(emb[1], embed_song(get_encoder("musicnn"), b, None), rtol=1e-5, atol=1e-6)
+    assert "2 x 1506 musicnn" in capsys.readouterr().out
+    assert cli.main(["embed", str(a), "--whole", "--encoder", "vibenet", "--out", str(out), "--no-cache"]) == 0
+    np.testing.assert_allclose(np.load(out)[0], embed_song(get_encoder("vibenet"), a, None), rtol=1e-5, atol=1e-6)
 
     assert cli.main(["embed", str(a), "--encoder", "none", "--out", str(out)]) == 0
     assert np.load(out).shape == (1, 0)
@@ -309,3 +392,87 @@ def test_file_identity_follows_content(tmp_path):
     assert file_identity(a) != file_identity(b)
     b.write_bytes(b"x" * 3_000_001)  # size differs
     assert file_identity(a) != file_identity(b)
+
+
+# ---------------------------------------------------------------------------------------------------
+# musicnn
+
+
+def test_musicnn_patches_match_reference():
+    t = np.arange(32000) / 16000
+    wave = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.25 * np.sin(2 * np.pi * 2000 * t)).astype(np.float32)
+    p = musicnn_patches(wave)
+    assert p.shape == (1, 187, 96) and p.dtype == np.float32  # 126 frames, repeated to fill one patch
+    # Reference values: log10(1 + 10000 * librosa 0.11 melspectrogram(sr=16000, n_fft=512, hop=256, n_mels=96)).
+    for (i, j), ref in {(60, 13): 6.090806007385254, (60, 53): 5.210804462432861, (0, 0): 3.516463041305542,
+                        (60, 0): 0.0007358837756328285}.items():
+        assert p[0, i, j] == pytest.approx(ref, abs=2e-5)
+    np.testing.assert_array_equal(p[0, 126:], p[0, :61])
+    assert musicnn_patches(np.zeros(16000 * 30, np.float32)).shape == (10, 187, 96)  # 1876 frames: 10 patches
+
+
+def test_read_tf_checkpoint_and_errors(tmp_path):
+    variables = {"a/kernel": np.arange(24, dtype=np.float32).reshape(2, 3, 1, 4), "a/bias": np.ones(4, np.float32),
+                 "scalar": np.float32(2.5).reshape(())}
+    write_tf_checkpoint(f"{tmp_path}/", variables)  # musicnn's naming: files ".index" and ".data-..." in a folder
+    got = read_tf_checkpoint(f"{tmp_path}/")
+    assert set(got) == set(variables)
+    for k, v in variables.items():
+        np.testing.assert_array_equal(got[k], v)
+        assert got[k].shape == v.shape
+    (tmp_path / "bad.index").write_bytes(b"\x00" * 60)
+    with pytest.raises(UserError, match="bad.index.*magic"):
+        read_tf_checkpoint(tmp_path / "bad")
+    with pytest.raises(UserError, match="nothing.index"):
+        read_tf_checkpoint(tmp_path / "nothing")
+
+
+def test_musicnn_model_layout_and_loading(musicnn_dir, tmp_path):
+    folder, model = musicnn_dir
+    n = sum(t.numel() for k, t in model.state_dict().items() if not k.endswith("num_batches_tracked"))
+    assert n == 792_079  # the MSD checkpoint's 792,081 floats less Adam's two beta powers
+    loaded = load_musicnn(f"{folder}/")
+    x = torch.randn(2, 187, 96)
+    with torch.no_grad():
+        pool, pen, logits = loaded(x)
+        ref = model(x)
+    assert (pool.shape, pen.shape, logits.shape) == ((2, 1506), (2, 200), (2, 50))
+    for a, b in zip((pool, pen, logits), ref):
+        torch.testing.assert_close(a, b)
+    # Pooled features interleave max and mean over time per channel, as TensorFlow flattens [753, 2].
+    assert torch.all(pool[:, 0::2] >= pool[:, 1::2] - 1e-6)
+    write_tf_checkpoint(f"{tmp_path}/", {"conv2d/kernel": np.zeros((7, 38, 1, 204), np.float32)})
+    with pytest.raises(UserError, match="not a musicnn checkpoint"):
+        load_musicnn(f"{tmp_path}/")
+
+
+def test_musicnn_encoder(musicnn_dir, monkeypatch):
+    folder, model = musicnn_dir
+    monkeypatch.setenv(encoders.MUSICNN_ENV, str(folder))
+    enc = get_encoder("musicnn")
+    assert isinstance(enc, MusicnnEncoder) and (enc.dim, enc.sample_rate) == (1506, 16000)
+    wave = np.random.default_rng(0).standard_normal(16000 * 7).astype(np.float32) * 0.1
+    z = enc.embed(wave)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(musicnn_patches(wave)))[0].mean(0).numpy()
+    assert z.shape == (1506,)
+    np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-5)
+    pen = MusicnnEncoder(folder, feature="penultimate")
+    assert pen.embed(wave).shape == (200,) and pen.identity != enc.identity
+    with pytest.raises(UserError, match="feature"):
+        MusicnnEncoder(folder, feature="logits")
+
+
+def test_find_musicnn_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv(encoders.MUSICNN_ENV, str(tmp_path))
+    with pytest.raises(UserError, match="no musicnn checkpoint.*pip install --no-deps musicnn==0.1.0"):
+        find_musicnn_checkpoint()
+    monkeypatch.delenv(encoders.MUSICNN_ENV)
+    monkeypatch.setattr(encoders.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="not installed"):
+        find_musicnn_checkpoint()
+    (tmp_path / "musicnn" / "MSD_musicnn").mkdir(parents=True)
+    (tmp_path / "musicnn" / "MSD_musicnn" / ".index").write_bytes(b"x")
+    spec = type("Spec", (), {"submodule_search_locations": [str(tmp_path / "musicnn")]})()
+    monkeypatch.setattr(encoders.importlib.util, "find_spec", lambda name: spec)
+    assert find_musicnn_checkpoint() == tmp_path / "musicnn" / "MSD_musicnn"
