@@ -12,6 +12,10 @@ k = 2 ones), the model is adapted on their first `eval.support_steps` labelled s
 loop (`meta.personalize`, `meta.inner_steps` SGD steps at `meta.inner_lr`, train mode), and every other
 song of that listener is predicted whole and scored against the listener's own curve. The same query
 pairs are also scored without adaptation ("no_adaptation"), so the personalization gain is visible.
+With `eval.same_song` the authors' full-song protocol is scored too ("same_song"): for every held-out
+listener-song pair, adapt on the first `eval.support_steps` labelled steps of that song and score the rest
+of the same song (adapted and not). Its gain mixes personalization with correcting the model's error on
+that particular song, so compare it with a non-personalized model adapted the same way.
 
 Metrics: CCC, PCC, RMSE, Kendall's tau and R^2 per song (PDMER: per listener-song pair), averaged with a
 95% interval (`metrics.aggregate_songs`); several runs (seeds) give mean +- std (`combine_runs`).
@@ -45,9 +49,9 @@ from dsaml_utils.config import RunConfig
 from dsaml_utils.data import HOP_SECONDS, MEAN, Curve, MusicDataset, Song, is_flat, load_dataset
 from dsaml_utils.errors import DataError, UserError
 from dsaml_utils.features import FeatureCache
-from dsaml_utils.metrics import DIMENSIONS, aggregate_seeds, aggregate_songs
+from dsaml_utils.metrics import DIMENSIONS, aggregate_seeds, aggregate_songs, score_song
 from dsaml_utils.train import (
-    SongData, adapt_to_listener, atomic_write_text, build_store, load_checkpoint, load_run_model,
+    Item, SongData, adapt_to_listener, atomic_write_text, build_store, load_checkpoint, load_run_model,
     predict_song, resolve_device, save_checkpoint, score_listener_song, step_rng, support_items,
 )
 
@@ -185,7 +189,36 @@ def evaluate_pdmer(model, ds: MusicDataset, store: dict[str, SongData], train_id
             "no_adaptation": {"summary": _aggregate(rows[k]["no_adaptation"], cfg),
                               "per_pair": rows[k]["no_adaptation"]},
         }
+    if cfg.eval.same_song:
+        out["same_song"] = _same_song(model, store, listeners, cfg, plain_pred, device, progress)
     return out
+
+
+def _same_song(model, store: dict[str, SongData], listeners: dict[str, list[str]], cfg: RunConfig,
+               plain_pred: dict, device, progress: bool) -> dict:
+    """The authors' full-song protocol: adapt on the first support steps of a song, score the rest of it."""
+    W, hop, seed = cfg.train.window, cfg.eval.hop, cfg.train.seed
+    n_sup = min(cfg.eval.support_steps or W, W)
+    rows = {"adapted": [], "no_adaptation": []}
+    jobs = [(i, lst, sid) for i, lst in enumerate(listeners) for sid in listeners[lst]]
+    for i, lst, sid in tqdm(jobs, desc="same-song", unit="pair", disable=not progress, leave=False):
+        sd = store[sid]
+        start, stop = sd.span(lst)
+        if stop - start < n_sup + 2:  # nothing left to score
+            continue
+        params = adapt_to_listener(model, store, [Item(sid, lst, start, n_sup)], cfg, seed=seed * 7919 + i,
+                                   device=device)
+        if sid not in plain_pred:
+            plain_pred[sid] = predict_song(model, sd, W, hop, device=device)
+        rest = slice(start + n_sup, stop)
+        base = {"listener": lst, "song_id": sid, "scored_steps": stop - start - n_sup}
+        y = sd.labels[lst][rest]
+        rows["adapted"].append({**base, **score_song(predict_song(model, sd, W, hop, params, device)[rest], y)})
+        rows["no_adaptation"].append({**base, **score_song(plain_pred[sid][rest], y)})
+    if not rows["adapted"]:
+        return {"skipped": f"no held-out listener curve is longer than {n_sup + 1} steps"}
+    return {"pairs": len(rows["adapted"]), "support_steps": n_sup,
+            **{k: {"summary": _aggregate(v, cfg), "per_pair": v} for k, v in rows.items()}}
 
 
 def _aggregate(rows: list[dict], cfg: RunConfig) -> dict:
@@ -202,6 +235,10 @@ def headline(metrics: dict, k: int = 1) -> dict[str, dict[str, float]]:
     if "adapted" in ks:
         out["pdmer"] = {m: v["mean"] for m, v in ks["adapted"]["summary"].items()}
         out["pdmer_no_adaptation"] = {m: v["mean"] for m, v in ks["no_adaptation"]["summary"].items()}
+    same = metrics.get("pdmer", {}).get("same_song", {})
+    if "adapted" in same:
+        out["pdmer_same_song"] = {m: v["mean"] for m, v in same["adapted"]["summary"].items()}
+        out["pdmer_same_song_no_adaptation"] = {m: v["mean"] for m, v in same["no_adaptation"]["summary"].items()}
     return out
 
 
@@ -276,7 +313,7 @@ def combine_runs(metrics: list[dict], k: int = 1) -> dict[str, dict[str, dict[st
     """Mean +- std over runs (seeds) of each headline metric: {"dmer": {metric: {"mean","std","n"}}, ...}."""
     out = {}
     heads = [headline(m, k) for m in metrics]
-    for part in ("dmer", "pdmer", "pdmer_no_adaptation"):
+    for part in ("dmer", "pdmer", "pdmer_no_adaptation", "pdmer_same_song", "pdmer_same_song_no_adaptation"):
         have = [h[part] for h in heads if part in h]
         if have:
             out[part] = aggregate_seeds(have)
@@ -288,7 +325,8 @@ def format_metrics(metrics: dict | list[dict], k: int = 1) -> str:
     many = isinstance(metrics, list)
     runs = metrics if many else [metrics]
     rows = {"dmer": "DMER (test songs, mean labels)", "pdmer": f"PDMER {k}-shot, adapted",
-            "pdmer_no_adaptation": f"PDMER {k}-shot, no adaptation"}
+            "pdmer_no_adaptation": f"PDMER {k}-shot, no adaptation",
+            "pdmer_same_song": "PDMER same song, adapted", "pdmer_same_song_no_adaptation": "PDMER same song, no adapt."}
     cols = [f"{d}_{m}" for d in DIMENSIONS for m in HEADLINE_METRICS]
     lines = [f"{'':34}" + "".join(f"{c:>22}" for c in cols)]
     if many:
@@ -302,9 +340,12 @@ def format_metrics(metrics: dict | list[dict], k: int = 1) -> str:
     else:
         m = runs[0]
         ks = m.get("pdmer", {}).get("kshot", {}).get(str(k), {})
+        same = m.get("pdmer", {}).get("same_song", {})
         summaries = {"dmer": m.get("dmer", {}).get("summary"),
                      "pdmer": ks.get("adapted", {}).get("summary"),
-                     "pdmer_no_adaptation": ks.get("no_adaptation", {}).get("summary")}
+                     "pdmer_no_adaptation": ks.get("no_adaptation", {}).get("summary"),
+                     "pdmer_same_song": same.get("adapted", {}).get("summary"),
+                     "pdmer_same_song_no_adaptation": same.get("no_adaptation", {}).get("summary")}
         for part, title in rows.items():
             s = summaries[part]
             if s:

@@ -20,7 +20,7 @@ Resumption is exact: the data order, the task draws and the dropout seed of upda
 
 Validation. Mode dmer: `train.val_fraction` of the training songs (mean labels), scored by sliding-window
 prediction. Mode pdmer: that fraction of the task listeners is held out of meta-training; each is adapted
-on one support song and scored on up to `meta.query_songs` of their other songs. The score is the mean of
+on one support song and scored on up to 15 of their other songs. The score is the mean of
 arousal and valence CCC (higher is better).
 
 `--init RUN` starts from another run's model.pt (e.g. MAML from a DMER-trained model). The paper does
@@ -52,6 +52,9 @@ from dsaml_utils.features import FeatureCache, song_features
 from dsaml_utils.metrics import DIMENSIONS, score_song
 
 Batch = dict[str, torch.Tensor]
+
+VAL_QUERY_SONGS = 15
+"""PDMER validation scores each validation listener on up to this many songs (the paper's query size)."""
 
 # streams of the per-step random generators (so that two uses of one step never share numbers)
 _ORDER, _WINDOW, _TASKS, _SPLIT, _VAL, _TORCH = range(6)
@@ -138,6 +141,10 @@ def build_store(ds: MusicDataset, song_ids: list[str], cfg: RunConfig, model: nn
         except DataError as exc:
             ds.problems.append(f"song {sid} skipped: {exc}")
             continue
+        if "mel" in inputs and inputs["mel"].shape[1:] != (cfg.mel.n_frames, cfg.mel.n_mels):
+            raise UserError(f"log-mel of song {sid} has {inputs['mel'].shape[1:]} (frames, mels) per slice but "
+                            f"MelConfig says ({cfg.mel.n_frames}, {cfg.mel.n_mels}); choose mel.win_ms / mel.hop_ms "
+                            "so that the STFT frame count matches MelConfig.n_frames")
         times = np.asarray(feats["times"], dtype=np.float64)
         labels = {lst: align_curve(c, times) for lst, c in song.curves.items()}
         store[sid] = SongData(sid, times, inputs, labels)
@@ -536,7 +543,7 @@ class Trainer:
                 continue
             perm = step_rng(self.cfg.train.seed, _VAL, i).permutation(len(songs))
             songs = [songs[j] for j in perm]
-            plan.append((lst, songs[:1], songs[1:1 + self.cfg.meta.query_songs]))
+            plan.append((lst, songs[:1], songs[1:1 + VAL_QUERY_SONGS]))
         return plan
 
     # ---- state

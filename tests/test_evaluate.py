@@ -133,6 +133,14 @@ def test_metrics_json_keys_and_provenance(tiny_run, tiny_root, tiny_ds, tmp_path
     plain = [p["arousal_rmse"] for p in k1["no_adaptation"]["per_pair"]]
     assert adapted != plain  # adaptation changed the predictions
     assert m["headline"]["pdmer"]["arousal_ccc"] == pytest.approx(k1["adapted"]["summary"]["arousal_ccc"]["mean"])
+    # the authors' protocol: adapt on the first 8 steps of each listener-song pair, score the rest of that song
+    same = m["pdmer"]["same_song"]
+    assert same["pairs"] == 4 and same["support_steps"] == 8
+    for p in same["adapted"]["per_pair"]:
+        song = tiny_ds.songs[p["song_id"]]
+        assert p["scored_steps"] == len(song.curves[p["listener"]]) - 8
+    assert set(m["headline"]) == {"dmer", "pdmer", "pdmer_no_adaptation", "pdmer_same_song",
+                                  "pdmer_same_song_no_adaptation"}
     # reuse returns the stored file; a changed model.pt forces recomputation
     assert E.evaluate_run(tiny_run, ds=tiny_ds, progress=False, reuse=True)["created"] == on_disk["created"]
     copy = tmp_path / "copy"
