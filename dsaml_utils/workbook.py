@@ -3,16 +3,24 @@
 Layout of one run (``--out``, default ``runs/<dataset>-<preset>``)::
 
     <run>/notebooks/NN_*.ipynb   executed copies, outputs included
-    <run>/...                    checkpoints, histories and results the notebooks write
-    <run>/workbook.json          parameters, kernel, and time per notebook
+    <run>/runs/<spec>/seed<k>/   training runs (experiments.run_specs layout), shared by the notebooks
+    <run>/workbook.json          parameters, kernel, and seconds per notebook
 
 Figures go to ``figures/<dataset>/`` (PNG, plus SVG) and tables to ``figures/<dataset>/tables/``
 (Markdown with a provenance line, plus CSV), so the repository's figures/ directory holds the latest
-quick or paper run; the smoke preset writes both under the run directory instead. Every notebook gets
-the parameters of `WorkbookParams` (papermill injects them after the cell tagged "parameters").
+quick or paper run; the smoke preset writes both under the run directory instead (PNG only).
+Every notebook gets the parameters of `WorkbookParams` (papermill injects them after the cell tagged
+"parameters"); a failing notebook stops the run with its name and failing cell, exit status 1.
 
-Inside a notebook, `Session` turns those parameters into paths, a provenance stamp, the dataset and
-the preset's settings, so that the notebooks stay thin.
+Presets (`Session.run_config`):
+  smoke   seconds: a tiny synthetic dataset (SMOKE_SYNTH), two updates per run (SMOKE_RUN); `make test`
+  quick   config.preset("quick") with QUICK_RUN (fewer updates per run): all notebooks in < 20 min on 2 cores
+  paper   config.preset("paper"): the paper's settings, for a GPU and the real datasets
+On CPU presets torch uses one thread (set DSAML_THREADS to change it): on a 2-core machine that is about
+as fast, and many times faster when another process shares the cores.
+
+Inside a notebook, `Session` turns the parameters into paths, a provenance stamp, the dataset, the run
+configuration and the experiments' runs, so that the notebooks stay thin.
 """
 
 from __future__ import annotations
@@ -317,6 +325,9 @@ SMOKE_RUN = {
     "mel.sample_rate": 16000,
 }
 """RunConfig overrides of the smoke preset (on top of the quick preset): seconds, not results."""
+QUICK_RUN = {"train.steps": 60, "train.eval_every": 20, "train.checkpoint_every": 20, "eval.draws": 1}
+"""RunConfig overrides of the workbook's quick preset: the notebooks train 16 runs (Tables 1-4, MAML order),
+so each gets fewer updates than `dsaml experiment --preset quick` gives it, to finish in < 20 min on 2 cores."""
 class Session:
     """What a notebook needs from its parameters: paths, provenance, the dataset, figure/table saving."""
 
@@ -333,12 +344,13 @@ class Session:
         self.dataset_name, self.preset, self.seed, self.device = dataset, preset, int(seed), device
         self._ds = None
         seed_everything(self.seed)
-        if preset == "smoke":
-            # Tiny tensors: one thread is faster, and far faster when other processes share the cores
-            # (OpenMP threads spin while they wait for each other).
+        threads = os.environ.get("DSAML_THREADS") or ("1" if preset != "paper" else "")
+        if threads:
+            # On a small CPU one torch thread is nearly as fast, and many times faster as soon as another
+            # process shares the cores (OpenMP threads spin while they wait for each other).
             import torch
 
-            torch.set_num_threads(1)
+            torch.set_num_threads(int(threads))
         warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
 
     @property
@@ -377,7 +389,11 @@ class Session:
         cfg.train.seed, cfg.train.device = self.seed, self.device
         if self.preset == "smoke":
             apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in SMOKE_RUN.items()])
-            cfg.deviations.append("smoke: a couple of updates of a tiny model, to exercise the code only")
+            cfg.deviations.append("smoke: two updates on 10 s windows, to exercise the code only")
+        elif self.preset == "quick":
+            apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in QUICK_RUN.items()])
+            cfg.deviations.append(f"workbook: {QUICK_RUN['train.steps']} updates per run and one support draw per "
+                                  "listener, so that the workbook's 16 runs fit in 20 minutes on 2 CPU cores")
         if "mode" in fields and "strategy" not in fields:
             cfg.strategy = None  # the new mode's default strategy
         for k, v in fields.items():

@@ -158,13 +158,16 @@ def _session(tmp_path, preset="smoke", seed=3):
                             str(tmp_path / "figs"), str(tmp_path / "figs" / "tables"), "cpu")
 
 
-def test_session_run_config_smoke_and_quick(tmp_path):
+def test_session_run_config_presets_and_threads(tmp_path, monkeypatch):
     import torch
 
     threads = torch.get_num_threads()
     try:
         s = _session(tmp_path)
-        assert torch.get_num_threads() == 1  # smoke runs single-threaded
+        assert torch.get_num_threads() == 1  # smoke and quick run single-threaded ...
+        monkeypatch.setenv("DSAML_THREADS", "2")
+        _session(tmp_path)
+        assert torch.get_num_threads() == 2  # ... unless DSAML_THREADS says otherwise
     finally:
         torch.set_num_threads(threads)
     cfg = s.run_config(mode="pdmer")
@@ -177,8 +180,13 @@ def test_session_run_config_smoke_and_quick(tmp_path):
         assert (list(got) if isinstance(got, tuple) else got) == value, key
     assert any(d.startswith("smoke:") for d in cfg.deviations)
     q = _session(tmp_path, "quick").run_config()
-    assert q.train.steps != workbook.SMOKE_RUN["train.steps"] and q.cache_dir == str(workbook.REPO / "data" / "cache")
-    assert not any(d.startswith("smoke:") for d in q.deviations)
+    assert q.train.steps == workbook.QUICK_RUN["train.steps"] and q.eval.draws == workbook.QUICK_RUN["eval.draws"]
+    assert q.cache_dir == str(workbook.REPO / "data" / "cache")
+    assert any(d.startswith("workbook:") for d in q.deviations) and not any(d.startswith("smoke:") for d in q.deviations)
+    from dsaml_utils.config import preset
+
+    p = _session(tmp_path, "paper").run_config()
+    assert p.train.steps == preset("paper").train.steps and p.preset == "paper"
 
 
 def test_session_spec_and_run_folder(tmp_path):
