@@ -14,7 +14,8 @@ Experiments (`EXPERIMENTS`):
   kshot            PDMER after adapting on k = 1, 2, 4, 8 support songs (those that a dataset allows)
   order            first- vs second-order MAML
   personalization  DSAML with MAML and personalized tasks vs the same model without personalization
-                   (no MAML, mean labels): held-out listeners, with and without adaptation
+                   (no MAML, mean labels): held-out listeners, with and without adaptation, both PDMER
+                   protocols (support = another song of the listener / the first 30 s of the same song)
 
 Use from a notebook::
 
@@ -41,7 +42,8 @@ from dsaml_utils.errors import UserError
 from dsaml_utils.metrics import DIMENSIONS
 
 METRIC_NAMES = {"ccc": "CCC", "pcc": "PCC", "rmse": "RMSE", "kendall_tau": "tau", "r2": "R2"}
-PARTS = ("dmer", "pdmer", "pdmer_no_adaptation")
+PARTS = ("dmer", "pdmer", "pdmer_no_adaptation", "pdmer_same_song", "pdmer_same_song_no_adaptation")
+"""What a table column can show: DMER, PDMER (other songs, k-shot) and PDMER on the same song, adapted or not."""
 
 
 @dataclass
@@ -150,9 +152,10 @@ def _summary(m: dict, part: str, k: int = 1) -> dict | None:
     """The {metric: {"mean", ...}} summary of one run's metrics for a part ("dmer", "pdmer", ...)."""
     if part == "dmer":
         return m.get("dmer", {}).get("summary")
-    ks = m.get("pdmer", {}).get("kshot", {}).get(str(k), {})
-    key = "adapted" if part == "pdmer" else "no_adaptation"
-    return ks.get(key, {}).get("summary")
+    pd_ = m.get("pdmer", {})
+    block = pd_.get("same_song", {}) if part.startswith("pdmer_same_song") else pd_.get("kshot", {}).get(str(k), {})
+    key = "no_adaptation" if part.endswith("no_adaptation") else "adapted"
+    return block.get(key, {}).get("summary")
 
 
 def results_table(results: dict[str, list[dict]], part: str = "dmer", k: int = 1,
@@ -194,12 +197,20 @@ def kshot_table(results: dict[str, list[dict]], kshots: tuple[int, ...] | None =
     return pd.DataFrame(rows).set_index(["model", "k"])
 
 
-def personalization_table(results: dict[str, list[dict]], k: int = 1) -> pd.DataFrame:
-    """Numeric table: per spec, held-out-listener CCC/PCC/RMSE with adaptation and without."""
-    a = results_table(results, "pdmer", k)
-    b = results_table(results, "pdmer_no_adaptation", k)
-    b = b.drop(columns=["seeds", "train_s"]).add_suffix("_no_adaptation")
-    return a.join(b)
+def personalization_table(results: dict[str, list[dict]], k: int = 1,
+                          metrics: tuple[str, ...] = ("ccc",)) -> pd.DataFrame:
+    """Numeric table: per spec, held-out-listener scores with and without adaptation, for both protocols
+    (k support songs, other songs scored: columns "..._other"; first steps of a song, its rest scored: "..._same")."""
+    parts = {"pdmer": "_other", "pdmer_no_adaptation": "_other_no_adaptation",
+             "pdmer_same_song": "_same", "pdmer_same_song_no_adaptation": "_same_no_adaptation"}
+    out = None
+    for part, suffix in parts.items():
+        t = results_table(results, part, k, metrics)
+        extra = t[["seeds", "train_s"]]
+        t = t.drop(columns=["seeds", "train_s"])
+        t.columns = [c[:-4] + suffix + "_std" if c.endswith("_std") else c + suffix for c in t.columns]
+        out = t if out is None else out.join(t)
+    return out.join(extra)
 
 
 def format_table(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
@@ -226,11 +237,12 @@ def _pm(m: float, s: float, digits: int) -> str:
 def _pretty(col: str) -> str:
     for d in DIMENSIONS:
         if col.startswith(d + "_"):
-            rest = col[len(d) + 1:]
-            suffix = ""
-            if rest.endswith("_no_adaptation"):
-                rest, suffix = rest[: -len("_no_adaptation")], " (no adapt.)"
-            return f"{d[0].upper()} {METRIC_NAMES.get(rest, rest)}{suffix}"
+            rest, tags = col[len(d) + 1:], []
+            for tag, text in (("_no_adaptation", "no adapt."), ("_other", "other songs"), ("_same", "same song")):
+                if rest.endswith(tag):
+                    rest = rest[: -len(tag)]
+                    tags.insert(0, text)
+            return f"{d[0].upper()} {METRIC_NAMES.get(rest, rest)}" + (f" ({', '.join(tags)})" if tags else "")
     return col
 
 

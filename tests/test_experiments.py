@@ -36,7 +36,10 @@ def _fake_metrics(v, seed):
          for m in ("ccc", "pcc", "rmse")}
     ks = {"adapted": {"summary": s}, "no_adaptation": {"summary": {k: {"mean": x["mean"] - 0.05}
                                                                    for k, x in s.items()}}, "pairs": 3}
-    return {"dmer": {"summary": s}, "pdmer": {"kshot": {"1": ks, "2": ks}}, "train": {"train_wall_seconds": 10.0}}
+    same = {"adapted": {"summary": {k: {"mean": x["mean"] + 0.1} for k, x in s.items()}},
+            "no_adaptation": {"summary": s}}
+    return {"dmer": {"summary": s}, "pdmer": {"kshot": {"1": ks, "2": ks}, "same_song": same},
+            "train": {"train_wall_seconds": 10.0}}
 
 
 def test_tables_average_over_seeds_and_format():
@@ -46,7 +49,9 @@ def test_tables_average_over_seeds_and_format():
     assert df.loc["A", "arousal_ccc_std"] == pytest.approx(np.std([0.2, 0.3], ddof=1))
     assert np.isnan(df.loc["B", "arousal_ccc_std"]) and df.loc["B", "seeds"] == 1
     p = X.personalization_table(results)
-    assert p.loc["A", "valence_ccc_no_adaptation"] == pytest.approx(0.15)
+    assert p.loc["A", "valence_ccc_other_no_adaptation"] == pytest.approx(0.15)
+    assert p.loc["A", "arousal_ccc_same"] == pytest.approx(0.35) and p.loc["A", "seeds"] == 2
+    assert "A CCC (same song, no adapt.)" in X.format_table(p).columns
     k = X.kshot_table(results, (1, 2))
     assert list(k.index) == [("A", 1), ("A", 2), ("B", 1), ("B", 2)]
     f = X.format_table(df)
@@ -61,11 +66,13 @@ def test_run_experiment_trains_reuses_and_saves(tiny_ds, tiny_root, tiny_cache, 
     df, results, (md, csv) = X.run_experiment("personalization", base, [0, 1], tmp_path / "exp",
                                               progress=False, ds=tiny_ds)
     assert list(df.index) == [s.name for s in X.EXPERIMENTS["personalization"]["specs"]]
-    assert (df["seeds"] == 2).all() and np.isfinite(df["arousal_ccc_std"]).all()
+    assert (df["seeds"] == 2).all() and np.isfinite(df["arousal_ccc_other_std"]).all()
     for name, runs in results.items():
         assert [m["seed"] for m in runs] == [0, 1]
         got = np.mean([m["pdmer"]["kshot"]["1"]["adapted"]["summary"]["valence_ccc"]["mean"] for m in runs])
-        assert df.loc[name, "valence_ccc"] == pytest.approx(got)
+        assert df.loc[name, "valence_ccc_other"] == pytest.approx(got)
+        got = np.mean([m["pdmer"]["same_song"]["no_adaptation"]["summary"]["arousal_ccc"]["mean"] for m in runs])
+        assert df.loc[name, "arousal_ccc_same_no_adaptation"] == pytest.approx(got)
     text = md.read_text()
     assert "±" in text and "seeds: 0,1" in text and "preset: quick" in text
     assert pd.read_csv(csv).shape[0] == 2
