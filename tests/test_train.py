@@ -157,7 +157,7 @@ def test_build_store_shapes(tiny_ds, tiny_root, tiny_cache):
     store = T.build_store(tiny_ds, ids, cfg, model, FeatureCache(tiny_cache), progress=False)
     for sid in ids:
         sd, song = store[sid], tiny_ds.songs[sid]
-        assert sd.inputs["mel"].shape == (len(song.curves[MEAN]), 51, 16)
+        assert sd.inputs["mel"].shape == (len(song.curves[MEAN]), cfg.mel.n_frames, 16)
         assert set(sd.labels) == set(song.curves)
         for lst, c in song.curves.items():
             s, e = sd.span(lst)
