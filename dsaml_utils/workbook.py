@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -243,6 +244,18 @@ def run_notebook(src: Path, dest: Path, params: WorkbookParams, kernel: str, pro
             raise NotebookFailed(src.name, exc.cell_index, exc.source, f"{exc.ename}: {exc.evalue}", dest) from None
 
 
+NO_LISTENERS = ("pmemo",)
+"""Datasets without rater identities (PMEmo publishes only mean and std curves): no PDMER."""
+
+
+def skip_reason(path: Path, params: WorkbookParams) -> str | None:
+    """Why a notebook cannot run with these parameters (its metadata "dsaml" says what it needs), or None."""
+    needs = nbformat.read(path, as_version=4).metadata.get("dsaml", {})
+    if needs.get("needs_listeners") and params.dataset in NO_LISTENERS:
+        return f"dataset {params.dataset!r} has no listener identities, so no personalized (PDMER) experiments"
+    return None
+
+
 def run_workbook(
     params: WorkbookParams,
     notebooks_dir: str | Path = NOTEBOOKS_DIR,
@@ -263,6 +276,11 @@ def run_workbook(
     try:
         for nb in bar:
             bar.set_postfix_str(nb.stem)
+            reason = skip_reason(nb, params)
+            if reason:
+                print(f"dsaml workbook: skipping {nb.stem}: {reason}", file=sys.stderr)
+                record["notebooks"].append({"name": nb.stem, "seconds": 0.0, "skipped": reason})
+                continue
             start = time.perf_counter()
             run_notebook(nb, run / "notebooks" / nb.name, params, kernel, cell_progress)
             record["notebooks"].append({"name": nb.stem, "seconds": round(time.perf_counter() - start, 2)})
@@ -279,6 +297,13 @@ def _cli(args: argparse.Namespace) -> int:
                 print(f"stripped {nb}")
         return 0
     params = default_params(args.preset, args.dataset, args.root, args.out, args.figures, args.seed, args.device)
+    if args.fresh:
+        for sub in ("runs", "notebooks", "cache", "workbook.json"):  # this run's outputs, nothing else
+            path = Path(params.run_dir) / sub
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
     print(f"dsaml workbook: preset {params.preset}, dataset {params.dataset} ({params.root})\n"
           f"  run: {params.run_dir}\n  figures: {params.figures_dir}\n  tables: {params.tables_dir}",
           file=sys.stderr)
@@ -309,6 +334,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (numbers or names)")
     p.add_argument("--notebooks", default=str(NOTEBOOKS_DIR), help=argparse.SUPPRESS)
     p.add_argument("--cell-progress", action="store_true", help="show papermill's per-cell progress bar")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete this run's earlier training runs and executed notebooks first (needed after "
+                        "changing settings: runs with another config are never overwritten)")
     p.add_argument("--strip", action="store_true",
                    help="instead of running, remove outputs from the stored notebooks (after editing them)")
     p.set_defaults(func=_cli)
@@ -452,6 +480,11 @@ class Session:
 
         path = self.run_folder(experiment, row) / "history.json"
         return pd.DataFrame(json.loads(path.read_text())) if path.is_file() else pd.DataFrame()
+
+    @property
+    def personalized(self) -> bool:
+        """True when the dataset has listener identities, i.e. PDMER experiments are possible."""
+        return bool(self.dataset().listeners())
 
     def dataset(self):
         """The dataset (generated first when synthetic and absent), loaded once."""

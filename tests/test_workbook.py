@@ -121,6 +121,21 @@ def test_run_reports_failing_cell_and_cli_exits_nonzero(tmp_path, capsys):
     assert [n["name"] for n in record["notebooks"]] == ["00_ok"] and record["params"]["preset"] == "smoke"
 
 
+def test_cli_fresh_removes_earlier_outputs_only(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    _write_nb(nbs / "00_ok.ipynb", "1")
+    run = tmp_path / "run"
+    (run / "runs" / "old").mkdir(parents=True)
+    (run / "workbook.json").write_text("{}")
+    (run / "keep.txt").write_text("mine")
+    argv = ["workbook", "--preset", "smoke", "--dataset", "deam", "--root", str(tmp_path), "--out", str(run),
+            "--notebooks", str(nbs), "--device", "cpu", "--fresh"]
+    assert _main(argv) == 0
+    assert not (run / "runs").exists() and (run / "keep.txt").read_text() == "mine"
+    assert json.loads((run / "workbook.json").read_text())["notebooks"][0]["name"] == "00_ok"
+    assert "00_ok" in capsys.readouterr().out
+
+
 def test_cli_strip(tmp_path, capsys):
     dirty = _write_nb(tmp_path / "05_x.ipynb", "1", outputs=True)
     assert _main(["workbook", "--strip", "--notebooks", str(tmp_path)]) == 0
@@ -200,3 +215,16 @@ def test_session_spec_and_run_folder(tmp_path):
     with pytest.raises(UserError, match="has no row 'Ours'"):
         s.spec("table1", "Ours")
     assert s.history("table1", "DSAML").empty  # not trained yet
+
+
+def test_skip_reason_for_datasets_without_listeners(tmp_path):
+    nb_path = _write_nb(tmp_path / "05_pdmer.ipynb", "1")
+    nb = nbformat.read(nb_path, as_version=4)
+    nb.metadata["dsaml"] = {"needs_listeners": True}
+    nbformat.write(nb, nb_path)
+    plain = _write_nb(tmp_path / "01_plain.ipynb", "1")
+    pmemo = workbook.default_params("quick", "pmemo", root=tmp_path, device="cpu")
+    deam = workbook.default_params("quick", "deam", root=tmp_path, device="cpu")
+    assert "has no listener identities" in workbook.skip_reason(nb_path, pmemo)
+    assert workbook.skip_reason(nb_path, deam) is None
+    assert workbook.skip_reason(plain, pmemo) is None
