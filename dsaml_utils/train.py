@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from dsaml_utils import meta as meta_lib
 from dsaml_utils.config import RunConfig, apply_overrides, preset
-from dsaml_utils.data import HOP_SECONDS, MEAN, Curve, MusicDataset, is_flat, personalized_tasks
+from dsaml_utils.data import HOP_SECONDS, MEAN, Curve, MusicDataset, personalized_tasks
 from dsaml_utils.errors import DataError, UserError
 from dsaml_utils.features import FeatureCache, song_features
 from dsaml_utils.metrics import DIMENSIONS, score_song
@@ -458,6 +458,8 @@ class Trainer:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.device = resolve_device(cfg.train.device)
         self._check_config()
+        if ds is None and cfg.dataset == "synthetic" and not Path(cfg.root).is_dir():
+            raise UserError(f"{cfg.root}: no synthetic dataset there; generate it with `dsaml synth --out {cfg.root}`")
         self.ds = ds if ds is not None else load_dataset(cfg.dataset, cfg.root)
         t = cfg.train
         test = set(self.ds.test_ids)

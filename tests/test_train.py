@@ -266,4 +266,5 @@ def test_train_cli(tiny_root, tiny_cache, tmp_path, capsys):
     bad = ["train", "--mode", "dmer", "--dataset", "synthetic", "--root", str(tmp_path / "nowhere"),
            "--out", str(tmp_path / "x"), "--quiet"]
     assert cli_main(bad) == 2
-    assert "nowhere" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "dsaml synth" in err
