@@ -227,8 +227,10 @@ def _repo_on_path():
             os.environ["PYTHONPATH"] = old
 
 
-def run_notebook(src: Path, dest: Path, params: WorkbookParams, kernel: str, progress: bool = False) -> None:
-    """Execute one notebook into `dest`; raises NotebookFailed naming the failing cell."""
+def run_notebook(src: Path, dest: Path, params: WorkbookParams, kernel: str, progress: bool = False,
+                 log_output: bool = False) -> None:
+    """Execute one notebook into `dest` (log_output: echo its cells' output); raises NotebookFailed naming
+    the failing cell."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     from traitlets.config import Config
@@ -239,7 +241,8 @@ def run_notebook(src: Path, dest: Path, params: WorkbookParams, kernel: str, pro
         config = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sock) / "kernel")}})
         try:
             pm.execute_notebook(str(src), str(dest), parameters=dataclasses.asdict(params), kernel_name=kernel,
-                                config=config, progress_bar=progress, cwd=str(src.parent))
+                                config=config, progress_bar=progress, log_output=log_output,
+                                cwd=str(src.parent))
         except PapermillExecutionError as exc:
             raise NotebookFailed(src.name, exc.cell_index, exc.source, f"{exc.ename}: {exc.evalue}", dest) from None
 
@@ -262,9 +265,21 @@ def run_workbook(
     only: list[str] | None = None,
     cell_progress: bool = False,
     kernel: str | None = None,
+    log_output: bool = False,
 ) -> dict:
     """Run the notebooks in order; returns (and writes to <run>/workbook.json) what ran and how long."""
     from tqdm.auto import tqdm
+
+    if log_output:  # papermill logs each cell's output at INFO level
+        import logging
+
+        log = logging.getLogger("papermill")
+        if not any(getattr(h, "dsaml", False) for h in log.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            handler.dsaml = True
+            log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
     nbs = list_notebooks(notebooks_dir, only)
     kernel = kernel or pick_kernel()
@@ -282,7 +297,7 @@ def run_workbook(
                 record["notebooks"].append({"name": nb.stem, "seconds": 0.0, "skipped": reason})
                 continue
             start = time.perf_counter()
-            run_notebook(nb, run / "notebooks" / nb.name, params, kernel, cell_progress)
+            run_notebook(nb, run / "notebooks" / nb.name, params, kernel, cell_progress, log_output)
             record["notebooks"].append({"name": nb.stem, "seconds": round(time.perf_counter() - start, 2)})
     finally:
         bar.close()
@@ -308,7 +323,7 @@ def _cli(args: argparse.Namespace) -> int:
           f"  run: {params.run_dir}\n  figures: {params.figures_dir}\n  tables: {params.tables_dir}",
           file=sys.stderr)
     try:
-        record = run_workbook(params, args.notebooks, args.only, args.cell_progress)
+        record = run_workbook(params, args.notebooks, args.only, args.cell_progress, log_output=args.log_output)
     except NotebookFailed as exc:
         print(f"dsaml workbook: error: {exc}", file=sys.stderr)
         return 1
@@ -334,6 +349,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (numbers or names)")
     p.add_argument("--notebooks", default=str(NOTEBOOKS_DIR), help=argparse.SUPPRESS)
     p.add_argument("--cell-progress", action="store_true", help="show papermill's per-cell progress bar")
+    p.add_argument("--log-output", action="store_true",
+                   help="echo every cell's output (training progress included) to the terminal")
     p.add_argument("--fresh", action="store_true",
                    help="delete this run's earlier training runs and executed notebooks first (needed after "
                         "changing settings: runs with another config are never overwritten)")

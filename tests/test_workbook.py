@@ -129,11 +129,12 @@ def test_cli_fresh_removes_earlier_outputs_only(tmp_path, capsys):
     (run / "workbook.json").write_text("{}")
     (run / "keep.txt").write_text("mine")
     argv = ["workbook", "--preset", "smoke", "--dataset", "deam", "--root", str(tmp_path), "--out", str(run),
-            "--notebooks", str(nbs), "--device", "cpu", "--fresh"]
+            "--notebooks", str(nbs), "--device", "cpu", "--fresh", "--log-output"]
+    _write_nb(nbs / "00_ok.ipynb", "print('echoed ' + 'line')")
     assert _main(argv) == 0
+    assert "echoed line" in capsys.readouterr().err  # --log-output streams cell output
     assert not (run / "runs").exists() and (run / "keep.txt").read_text() == "mine"
     assert json.loads((run / "workbook.json").read_text())["notebooks"][0]["name"] == "00_ok"
-    assert "00_ok" in capsys.readouterr().out
 
 
 def test_cli_strip(tmp_path, capsys):
