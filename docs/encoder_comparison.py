@@ -4,6 +4,7 @@ predicts its mean arousal / valence (ridge regression, 5-fold cross-validated R^
     dsaml synth --out /tmp/synth --seed 0
     python docs/encoder_comparison.py --root /tmp/synth [--encoders vibenet mel-stats imagebind-random]
     python docs/encoder_comparison.py --onnxruntime     # port vs vibenet's ONNX graph (pip install onnx onnxruntime)
+    TF_USE_LEGACY_KERAS=1 python docs/encoder_comparison.py --tensorflow   # port vs musicnn's TF graph
 
 "mel-stats" (mean and std over time of a 128-band log-mel, no pretraining) is the floor a pretrained
 encoder has to beat; "imagebind-random" is the ImageBind architecture with random weights (timing only:
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 
 from dsaml_utils.data import MEAN, load_dataset
-from dsaml_utils.encoders import GlobalEncoder, ImageBindEncoder, dataset_embeddings, get_encoder, song_excerpt
+from dsaml_utils.encoders import (GlobalEncoder, ImageBindEncoder, MusicnnEncoder, dataset_embeddings, get_encoder,
+                                  song_excerpt)
 from dsaml_utils.features import FeatureCache
 from dsaml_utils.imagebind import ImageBindAudio
 
@@ -45,8 +47,23 @@ class RandomImageBind(ImageBindEncoder):
         self.name = "imagebind-random"
 
 
+def musicnn_variant(model: str, feature: str):
+    """A musicnn encoder other than the default (MSD, pooled), named for the table and the cache."""
+    def make() -> GlobalEncoder:
+        enc = MusicnnEncoder(model=model, feature=feature)
+        enc.name = f"musicnn-{model.split('_')[0]}-{feature}"
+        return enc
+    return make
+
+
+VARIANTS = {"mel-stats": MelStats, "imagebind-random": RandomImageBind,
+            "musicnn-MSD-penultimate": musicnn_variant("MSD_musicnn", "penultimate"),
+            "musicnn-MTT-pool": musicnn_variant("MTT_musicnn", "pool"),
+            "musicnn-MTT-penultimate": musicnn_variant("MTT_musicnn", "penultimate")}
+
+
 def make(name: str) -> GlobalEncoder:
-    return {"mel-stats": MelStats, "imagebind-random": RandomImageBind}.get(name, lambda: get_encoder(name))()
+    return VARIANTS.get(name, lambda: get_encoder(name))()
 
 
 def ridge_cv_r2(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
@@ -131,15 +148,46 @@ def check_against_onnxruntime(repeats: int = 5) -> None:
         print(f"{name:20s} {t * 1000:7.0f} ms per 30 s mel  x{t / times['onnxruntime']:.2f} onnxruntime")
 
 
+def check_musicnn_against_tensorflow() -> None:
+    """Our musicnn port vs musicnn's own TF1 graph code (needs tensorflow-cpu and tf-keras; TF_USE_LEGACY_KERAS=1)."""
+    import tensorflow as tf
+    from musicnn import models  # the wheel's graph definition, which imports TensorFlow
+
+    from dsaml_utils.encoders import find_musicnn_checkpoint
+    from dsaml_utils.music_encoders import load_musicnn, musicnn_patches
+
+    tf.compat.v1.disable_eager_execution()
+    t = np.arange(16000 * 10) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 330 * t) * (1 + np.sin(2 * np.pi * 2 * t))
+            + 0.05 * np.random.default_rng(0).standard_normal(len(t))).astype(np.float32)
+    batch = musicnn_patches(wave)
+    for which in ("MSD_musicnn", "MTT_musicnn"):
+        folder = find_musicnn_checkpoint(model=which)
+        with tf.Graph().as_default():
+            x = tf.compat.v1.placeholder(tf.float32, [None, 187, 96])
+            out = models.define_model(x, tf.constant(False), which, 50)
+            sess = tf.compat.v1.Session()
+            tf.compat.v1.train.Saver().restore(sess, f"{folder}/")
+            logits, mean_pool, max_pool, pen = sess.run([out[0], out[6], out[7], out[8]], {x: batch})
+        with torch.inference_mode():
+            pool, ours_pen, ours_logits = load_musicnn(f"{folder}/")(torch.from_numpy(batch))
+        ref_pool = np.stack([max_pool, mean_pool], 2).reshape(len(batch), -1)
+        for name, a, b in [("pool", pool, ref_pool), ("penultimate", ours_pen, pen), ("logits", ours_logits, logits)]:
+            print(f"{which} {name:12s} max |ours - TF| {np.abs(a.numpy() - b).max():.1e}  (max |TF| {np.abs(b).max():.1f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", help="a dataset written by `dsaml synth`")
     ap.add_argument("--onnxruntime", action="store_true", help="only check the vibenet port against onnxruntime")
-    ap.add_argument("--encoders", nargs="+", default=["vibenet", "mel-stats", "imagebind-random"])
+    ap.add_argument("--tensorflow", action="store_true", help="only check the musicnn port against TensorFlow")
+    ap.add_argument("--encoders", nargs="+", default=["musicnn", "vibenet", "mel-stats", "imagebind-random"])
     ap.add_argument("--cache", default=None, help="feature cache directory (default: none)")
     args = ap.parse_args()
     if args.onnxruntime:
         return check_against_onnxruntime()
+    if args.tensorflow:
+        return check_musicnn_against_tensorflow()
     if not args.root:
         ap.error("--root is required")
     cache = FeatureCache(args.cache) if args.cache else None
