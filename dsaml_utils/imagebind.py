@@ -267,7 +267,7 @@ def how_to_get_checkpoint() -> str:
         f"CC BY-NC 4.0 per the ImageBind README) from {CHECKPOINT_URL} and either put it at "
         f"{DEFAULT_CHECKPOINTS[1]}, pass --checkpoint PATH, or set {CHECKPOINT_ENV}=PATH. "
         f"`dsaml export-imagebind-audio --checkpoint imagebind_huge.pth --out {DEFAULT_CHECKPOINTS[0]}` "
-        f"keeps only the audio weights (~350 MB). Or choose another encoder (--encoder vibenet|none)."
+        f"keeps only the audio weights (~350 MB). Or choose another encoder (--encoder musicnn|vibenet|none)."
     )
 
 
