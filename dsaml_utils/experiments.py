@@ -192,7 +192,8 @@ def kshot_table(results: dict[str, list[dict]], kshots: tuple[int, ...] | None =
                     col = f"{d}_ccc" + ("" if part == "pdmer" else "_no_adaptation")
                     row[col] = float(np.mean(vals)) if vals else math.nan
                     row[col + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
-            row["pairs"] = float(np.mean([m["pdmer"]["kshot"].get(str(k), {}).get("pairs", 0) for m in runs]))
+            pairs = [m["pdmer"]["kshot"].get(str(k), {}).get("pairs", 0) for m in runs]
+            row["pairs"] = pairs[0] if len(set(pairs)) == 1 else float(np.mean(pairs))  # the same for every seed
             rows.append(row)
     return pd.DataFrame(rows).set_index(["model", "k"])
 
