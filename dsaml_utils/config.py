@@ -198,8 +198,8 @@ def paper_config(**kw) -> RunConfig:
 QUICK_DEVIATIONS = [
     "mel: 16 kHz, 32 mel bands and a 20 ms hop (26 frames per 0.5 s slice) instead of 44.1 kHz, 128 bands "
     "and a 10 ms hop (51 frames); 60 ms window kept",
-    "encoder: none (no global feature z_g): ImageBind weights are not available offline and the optional musicnn "
-    "weights are not part of the default install",
+    "encoder: none (no global feature z_g): ImageBind weights are not available offline, and embedding every song "
+    "with musicnn (`--encoder musicnn`) costs several CPU seconds per song once (cached)",
     "model: DSAMLConfig.quick() (D 64, 2 layers, 2 heads, FFN 128, adapter channels 4/8) instead of D 1024, "
     "3 layers, 16 heads, FFN 2048",
     "MAML: 4 tasks per meta-step, 3 inner steps and 4 query songs instead of 16 / 16 / 15; inner lr 0.03 "
