@@ -134,6 +134,10 @@ class RunConfig:
         """JSON-ready nested dict."""
         return dataclasses.asdict(self)
 
+    def settings(self) -> dict:
+        """to_dict() without the descriptive `deviations`: what decides whether two runs are the same run."""
+        return json.loads(json.dumps({k: v for k, v in self.to_dict().items() if k != "deviations"}))
+
     def to_json(self) -> str:
         """Indented JSON text."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -523,8 +523,8 @@ class Trainer:
         path = self.out / "config.json"
         if path.is_file():
             old = RunConfig.load(path)
-            if old.to_dict() != self.cfg.to_dict():
-                diff = _dict_diff(old.to_dict(), self.cfg.to_dict())
+            if old.settings() != self.cfg.settings():
+                diff = _dict_diff(old.settings(), self.cfg.settings())
                 raise UserError(f"{self.out}: holds a run with a different config ({diff}); "
                                 "use another --out, or the same options to resume it")
 
@@ -710,9 +710,9 @@ def train(cfg: RunConfig, out: str | Path, *, ds: MusicDataset | None = None, ca
     out = Path(out)
     if (out / "model.pt").is_file() and (out / "train_summary.json").is_file():
         old = RunConfig.load(out / "config.json")
-        if old.to_dict() != cfg.to_dict():
+        if old.settings() != cfg.settings():
             raise UserError(f"{out}: holds a finished run with a different config "
-                            f"({_dict_diff(old.to_dict(), cfg.to_dict())}); use another --out")
+                            f"({_dict_diff(old.settings(), cfg.settings())}); use another --out")
         return json.loads((out / "train_summary.json").read_text())
     trainer = Trainer(cfg, out, ds=ds, cache=cache, progress=progress)
     return trainer.run(max_steps_this_call=max_steps_this_call, callback=callback)

@@ -48,6 +48,10 @@ def test_json_round_trip(tmp_path):
     assert back.to_dict() == cfg.to_dict()
     assert back.eval.kshots == (1, 3) and isinstance(back.train, TrainConfig)
     assert back.mel.n_mels == 32 and back.model_config == {"d_model": 32}
+    back.deviations.append("a note")  # descriptive only: not part of what makes two runs the same
+    assert back.settings() == cfg.settings() and "deviations" not in cfg.settings()
+    back.train.lr = 0.5
+    assert back.settings() != cfg.settings()
 
 
 def test_load_reports_bad_files(tmp_path):
