@@ -77,8 +77,9 @@ class RunConfig:
     model: str = "dsaml"  # a name in model.MODELS
     model_config: dict = field(default_factory=dict)  # overrides of the model's preset config
     mel: MelConfig = field(default_factory=MelConfig)
-    encoder: str = "imagebind"  # global encoder (encoders.get_encoder): "imagebind", "vibenet" or "none"
-    encoder_checkpoint: str | None = None  # ImageBind .pth / vibenet .onnx (None: found automatically)
+    encoder: str = "auto"  # global encoder (encoders.ENCODERS) or "auto": imagebind when its checkpoint is
+    # configured (argument, DSAML_IMAGEBIND_CHECKPOINT, data/checkpoints/), else the offline musicnn
+    encoder_checkpoint: str | None = None  # ImageBind .pth / musicnn folder / vibenet .onnx (None: found)
     train: TrainConfig = field(default_factory=TrainConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     tasks: TaskFilter = field(default_factory=TaskFilter)
@@ -94,6 +95,14 @@ class RunConfig:
         """Fill the derived fields and check the choices; call again after editing fields."""
         if self.mode not in MODES:
             raise UserError(f"mode {self.mode!r}: choose one of {MODES}")
+        if self.encoder == "auto":
+            from dsaml_utils.encoders import default_encoder_name
+
+            self.encoder = default_encoder_name(self.encoder_checkpoint)
+        from dsaml_utils.encoders import ENCODERS
+
+        if self.encoder not in ENCODERS:
+            raise UserError(f"encoder {self.encoder!r}: choose one of {ENCODERS} or 'auto'")
         if self.strategy is None:
             self.strategy = "personalized" if self.mode == "pdmer" else "traditional"
         if self.strategy not in STRATEGIES:
@@ -125,6 +134,11 @@ class RunConfig:
         auto = {"n_frames": self.mel.n_frames, "n_mels": self.mel.n_mels}
         if self.encoder == "none":
             auto["use_global_encoder"] = False
+        else:
+            from dsaml_utils.encoders import ENCODER_DIMS, NORMALIZED_ENCODERS
+
+            auto["global_dim"] = ENCODER_DIMS[self.encoder]
+            auto["normalize_global"] = self.encoder not in NORMALIZED_ENCODERS
         auto = {k: v for k, v in auto.items() if k in names}
         return {**auto, **self.model_config}
 

@@ -39,6 +39,10 @@ from dsaml_utils.features import FeatureCache, imagebind_clips
 from dsaml_utils.music_encoders import MUSICNN_MODELS, load_musicnn, load_vibenet_backbone, musicnn_patches, vibenet_mel
 
 ENCODERS = ("imagebind", "musicnn", "vibenet", "none")
+ENCODER_DIMS = {"imagebind": 1024, "musicnn": 1506, "vibenet": 1280, "none": 0}
+"""Embedding size of each encoder as get_encoder builds it (ImageBind-huge audio; musicnn pooled features)."""
+NORMALIZED_ENCODERS = ("imagebind",)
+"""Encoders whose output is already L2-normalised and scaled; the others' raw features need normalising."""
 EMBED_VERSION = 1
 """Bumped whenever an encoder changes what it computes, so old cache entries stop matching."""
 

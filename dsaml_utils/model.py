@@ -99,6 +99,8 @@ class DSAMLConfig(PresetConfig):
     use_attention_loss: bool = True  # add the attention loss to out["aux_loss"]
     use_adapter: bool = True  # use the local feature z_l (False: z = sigmoid(z_g) for every step)
     use_global_encoder: bool = True  # use the global feature z_g (False: z = sigmoid(z_l))
+    normalize_global: bool = False  # parameter-free LayerNorm on the global embedding before mapping it to D
+    # (ImageBind's output is already L2-normalised, the paper's case; raw music-tagger features are not)
 
     QUICK: ClassVar[dict] = {"d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 128, "max_rel_distance": 60,
                              "adapter_channels": (4, 8)}  # the adapter dominates CPU time: halve its maps
@@ -281,7 +283,9 @@ class DSAML(nn.Module):
             self.adapter = Adapter(cfg) if cfg.frontend == "mel" else nn.Linear(cfg.frames_dim, cfg.d_model)
         if cfg.use_global_encoder:
             keys.append("global")
-            self.global_proj = nn.Identity() if cfg.global_dim == cfg.d_model else nn.Linear(cfg.global_dim, cfg.d_model)
+            proj = nn.Identity() if cfg.global_dim == cfg.d_model else nn.Linear(cfg.global_dim, cfg.d_model)
+            norm = nn.LayerNorm(cfg.global_dim, elementwise_affine=False) if cfg.normalize_global else nn.Identity()
+            self.global_proj = nn.Sequential(norm, proj) if cfg.normalize_global else proj
         self.inputs = (*keys, "mask")
         self.fusion = nn.Linear(cfg.d_model, cfg.d_model) if cfg.fusion_linear else nn.Identity()
         self.transformer = Transformer(cfg)  # shared by the local and the global pass

@@ -8,7 +8,8 @@ from dsaml_utils.config import EvalConfig, RunConfig, TrainConfig, apply_overrid
 from dsaml_utils.errors import UserError
 
 
-def test_paper_preset_holds_the_papers_values():
+def test_paper_preset_holds_the_papers_values(monkeypatch, tmp_path):
+    monkeypatch.setenv("DSAML_IMAGEBIND_CHECKPOINT", str(tmp_path / "imagebind_huge.pth"))
     cfg = preset("paper")
     assert (cfg.train.lr, cfg.train.steps, cfg.train.window) == (5e-5, 2000, 60)
     m = cfg.meta
@@ -18,7 +19,18 @@ def test_paper_preset_holds_the_papers_values():
     assert (cfg.mel.sample_rate, cfg.mel.n_mels, cfg.mel.n_frames) == (44100, 128, 51)
     assert cfg.encoder == "imagebind" and cfg.model == "dsaml" and cfg.deviations == []
     assert (cfg.tasks.min_songs, cfg.tasks.flat_threshold, cfg.tasks.flat_window) == (16, 0.01, 60)
-    assert cfg.model_overrides() == {"n_frames": 51, "n_mels": 128}
+    assert cfg.model_overrides() == {"n_frames": 51, "n_mels": 128, "global_dim": 1024, "normalize_global": False}
+
+
+def test_encoder_auto_falls_back_to_the_offline_encoder(monkeypatch, tmp_path):
+    monkeypatch.delenv("DSAML_IMAGEBIND_CHECKPOINT", raising=False)
+    monkeypatch.chdir(tmp_path)  # no data/checkpoints/ here
+    cfg = preset("paper")
+    assert cfg.encoder == "musicnn"
+    over = cfg.model_overrides()
+    assert over["global_dim"] == 1506 and over["normalize_global"] is True
+    with pytest.raises(UserError, match="encoder 'clap'"):
+        RunConfig(encoder="clap")
 
 
 def test_quick_preset_records_its_deviations_and_fits_the_model():

@@ -441,6 +441,7 @@ def test_musicnn_encoder(musicnn_dir, monkeypatch):
     monkeypatch.setenv(encoders.MUSICNN_ENV, str(folder))
     enc = get_encoder("musicnn")
     assert isinstance(enc, MusicnnEncoder) and (enc.dim, enc.sample_rate) == (1506, 16000)
+    assert enc.dim == encoders.ENCODER_DIMS["musicnn"] and encoders.VibeNetEncoder.dim == encoders.ENCODER_DIMS["vibenet"]
     wave = np.random.default_rng(0).standard_normal(16000 * 7).astype(np.float32) * 0.1
     z = enc.embed(wave)
     with torch.no_grad():

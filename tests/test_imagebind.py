@@ -79,6 +79,9 @@ def test_full_size_model_has_imagebind_huge_shapes():
     n = sum(p.numel() for p in model.parameters())
     assert 85.5e6 < n < 87e6  # "86 M parameters"
     assert model.cfg.grid == (12, 19)
+    from dsaml_utils.encoders import ENCODER_DIMS
+
+    assert model.cfg.out_dim == ENCODER_DIMS["imagebind"]
     state = official_state_dict(model)
     assert state["modality_preprocessors.audio.pos_embedding_helper.pos_embed"].shape == (1, 229, 768)
     assert state["modality_preprocessors.audio.rgbt_stem.proj.weight"].shape == (768, 1, 16, 16)

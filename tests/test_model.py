@@ -402,3 +402,12 @@ def test_summarize_and_example_batch_for_a_baseline():
     assert set(batch) == {"wave", "mask"} and batch["wave"].shape == (2, 4, 8000)
     lines = summarize(model, steps=4)
     assert lines[-2].startswith("total") and "1x4x2" in lines[-2]
+
+
+def test_normalize_global_makes_the_model_blind_to_the_embedding_scale():
+    model = quick(global_dim=40, normalize_global=True)
+    batch = batch_for(model)
+    scaled = dict(batch, **{"global": batch["global"] * 25.0 + 3.0})
+    torch.testing.assert_close(predict(model, batch)["pred"], predict(model, scaled)["pred"], atol=1e-5, rtol=1e-4)
+    plain = quick(global_dim=40)
+    assert not torch.allclose(predict(plain, batch)["pred"], predict(plain, scaled)["pred"], atol=1e-3)
