@@ -69,7 +69,8 @@ class MelConfig:
     def n_frames(self) -> int:
         """STFT frames per slice (51 with the defaults)."""
         s, w, h = self.slice_samples, self.win_length, self.hop_length
-        return 1 + s // h if self.center else 1 + (s - w) // h
+        # a centred STFT pads n_fft // 2 on each side (n_fft = win_length), which is w - 1 in all when w is odd
+        return 1 + (s + 2 * (w // 2) - w) // h if self.center else 1 + (s - w) // h
 
 
 def hz_to_mel(f):

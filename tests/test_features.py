@@ -281,3 +281,10 @@ def test_log_mel_equals_a_direct_numpy_stft():
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
     expected = np.log(power @ mel_filterbank(n // 2 + 1, 44100, 128).double().numpy() + 1e-6)
     np.testing.assert_allclose(log_mel(x[None].astype(np.float32), cfg)[0].numpy(), expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("sr,win,hop", [(44100, 60, 10), (22050, 60, 20), (16000, 60, 20), (22050, 25, 10)])
+def test_n_frames_matches_log_mel_for_odd_and_even_windows(sr, win, hop):
+    cfg = MelConfig(sample_rate=sr, n_mels=16, win_ms=win, hop_ms=hop)
+    out = log_mel(torch.zeros(2, cfg.slice_samples), cfg)
+    assert out.shape[1] == cfg.n_frames
