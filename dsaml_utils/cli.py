@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "dsaml_utils.train",    # dsaml train
     "dsaml_utils.evaluate",  # dsaml evaluate, dsaml personalize
     "dsaml_utils.experiments",  # dsaml experiment
+    "dsaml_utils.bench",    # dsaml bench
 ]
 
 
