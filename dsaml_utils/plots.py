@@ -507,12 +507,39 @@ def plot_metric_lines(
 def plot_kshot_curve(
     df: pd.DataFrame,
     metrics: Sequence[str] = ("arousal_ccc", "valence_ccc"),
-    hue: str | None = "model",
     provenance: Mapping[str, object] | None = None,
 ) -> Figure:
-    """The k-shot curve: metric after adapting on k songs of a new listener, against k."""
-    return plot_metric_lines(df, "k", metrics, hue if hue in df.columns else None, provenance,
-                             title="Personalization with k annotated songs")
+    """The k-shot curve: a metric after adapting on k songs of a new listener, against k.
+
+    `df` has columns k, model, the metrics and optionally "adaptation" (kshot_long's format): one colour
+    per model, solid lines adapted and dashed lines "no adaptation".
+    """
+    missing = [c for c in ["k", "model", *metrics] if c not in df.columns]
+    if missing:
+        raise ValueError(f"columns {missing} not in the k-shot table (has {list(df.columns)})")
+    df = df.dropna(subset=list(metrics), how="all")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.5), squeeze=False)
+    models = list(dict.fromkeys(df["model"]))
+    palette = plt.get_cmap("tab10")
+    kinds = list(dict.fromkeys(df["adaptation"])) if "adaptation" in df.columns else [None]
+    for ax, m in zip(axes[0], metrics):
+        for i, model in enumerate(models):
+            for kind in kinds:
+                g = df[(df["model"] == model) & ((df["adaptation"] == kind) if kind is not None else True)]
+                g = g.groupby("k")[m].mean().dropna()
+                if len(g):
+                    dashed = kind is not None and kind != "adapted"
+                    ax.plot(g.index.to_numpy(), g.to_numpy(float), marker="o", ms=4, color=palette(i % 10),
+                            ls="--" if dashed else "-", label=model if kind is None else f"{model}, {kind}")
+        ks = sorted(df["k"].unique())
+        ax.set_xticks(ks)
+        ax.set_title(m)
+        ax.set_xlabel("k (annotated songs used for adaptation)")
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7)
+    fig.suptitle("Personalization with k annotated songs")
+    fig.tight_layout()
+    return stamp(fig, provenance)
 
 
 def plot_metric_bars(

@@ -144,24 +144,49 @@ def test_batched_equals_loop_with_lstm_batchnorm_and_aux_loss(first_order):
     assert model.bn.num_batches_tracked.item() == cfg.inner_steps + 1
 
 
-@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
-def test_functional_rnn_matches_torch(cell):
+class ConvNet(nn.Module):
+    """A conv block in a container, a bare conv in the root, and recurrent layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv1d(K, 4, 3, padding=1), nn.BatchNorm1d(4), nn.ReLU())
+        self.conv = nn.Conv1d(4, 4, 1)
+        self.gru = nn.GRU(4, 3, batch_first=True)
+        self.lstm = nn.LSTM(3, 2, batch_first=True)
+
+    def forward(self, batch):
+        x = self.conv(self.block(batch["frames"].transpose(1, 2))).transpose(1, 2)
+        return {"pred": self.lstm(self.gru(x)[0])[0], "aux_loss": x.new_zeros(())}
+
+
+def test_per_task_modules_picks_recurrent_layers_and_conv_blocks():
+    assert meta.per_task_modules(ConvNet()) == ["block", "conv", "gru", "lstm"]
+    assert meta.per_task_modules(Recurrent()) == ["lstm"]
+    assert meta.per_task_modules(MLP()) == []
+
+
+def test_vmap_ready_runs_per_task_modules_under_vmap():
+    from torch.func import functional_call, vmap
+
     torch.manual_seed(2)
-    for batch_first in (True, False):
-        rnn = cell(3, 4, num_layers=2, bidirectional=True, batch_first=batch_first).double()
-        x = torch.randn(2, 5, 3, dtype=torch.float64)
-        h0 = torch.randn(4, 2 if batch_first else 5, 4, dtype=torch.float64)
-        hx = (h0, torch.randn_like(h0)) if cell is nn.LSTM else h0
-        want = rnn(x, hx)
-        got = meta.functional_rnn(rnn, x, hx)
-        torch.testing.assert_close(got[0], want[0])
-        torch.testing.assert_close(got[1], want[1])
-    unbatched = torch.randn(5, 3, dtype=torch.float64)
-    torch.testing.assert_close(meta.functional_rnn(rnn, unbatched)[0], rnn(unbatched)[0])
-    with meta.vmap_ready(rnn):
-        patched = rnn(x)[0]
-    assert "forward" not in vars(rnn)  # the patch is undone
-    torch.testing.assert_close(patched, rnn(x)[0])
+    model = ConvNet().double()
+    g = torch.Generator().manual_seed(0)
+    batches = [make_batch(g, 2) for _ in range(3)]
+    # per-task parameters: every task has its own copy, perturbed
+    params = {k: torch.stack([v.detach() + 0.1 * i for i in range(3)]) for k, v in model.named_parameters()}
+    stats = {k: v.unsqueeze(0).repeat(3, *[1] * v.dim()) for k, v in model.named_buffers()}
+    start = {k: v.clone() for k, v in stats.items()}
+    stacked = meta.stack_batches(batches)
+    with meta.vmap_ready(model):
+        got = vmap(lambda p, s, b: functional_call(model, (p, s), (b,))["pred"])(params, stats, stacked)
+        plain = model(batches[0])["pred"]  # outside vmap the patched modules behave as usual
+    assert not any("forward" in vars(m) for m in model.modules())  # the patches are undone
+    torch.testing.assert_close(plain, model(batches[0])["pred"])
+    for i, b in enumerate(batches):
+        own = ({k: v[i] for k, v in params.items()}, {k: v[i].clone() for k, v in start.items()})
+        torch.testing.assert_close(got[i], functional_call(model, own, (b,))["pred"])
+        for k in stats:  # each task's running statistics were updated in its own slot
+            torch.testing.assert_close(stats[k][i], own[1][k])
 
 
 def test_stack_batches_pads_time_and_rejects_mismatch():

@@ -79,3 +79,21 @@ def test_notebook_wrote_its_figures_and_tables(smoke_run, name):
         assert "| model |" in md.read_text() or "| quantity |" in md.read_text() or "|---|" in md.read_text()
         assert "_data: synthetic" in md.read_text(), f"{name}: table {md.name} has no provenance line"
         assert (Path(params.tables_dir) / f"{table}.csv").is_file()
+
+
+def test_session_reuses_the_runs_the_notebooks_trained(smoke_run):
+    params, _ = smoke_run
+    wb = workbook.Session(**vars(params))
+    assert wb.personalized and wb.dataset().name == "synthetic"
+    folder = wb.run_folder("table1", "DSAML")
+    before = (folder / "model.pt").stat().st_mtime_ns
+    metrics = wb.ensure("table1", "DSAML", progress=False)  # finished: reused, not retrained
+    assert (folder / "model.pt").stat().st_mtime_ns == before
+    assert metrics["mode"] == "dmer" and metrics["model"] == "dsaml" and "summary" in metrics["dmer"]
+    cfg, model = wb.load("table1", "DSAML")
+    assert cfg.train.window == workbook.SMOKE_RUN["train.window"] and not model.training
+    hist = wb.history("table1", "DSAML")
+    assert list(hist["step"]) == [workbook.SMOKE_RUN["train.steps"]] and "val_score" in hist
+    sid = wb.dataset().test_ids[0]
+    sd = wb.song_data(cfg, model, [sid])[sid]
+    assert sd.inputs["mel"].shape[0] == len(sd.times) == len(wb.dataset().songs[sid].curves["mean"])

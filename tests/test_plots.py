@@ -163,15 +163,17 @@ def test_predicted_curves():
 def test_metric_lines_kshot_and_bars():
     df = pd.DataFrame({"k": [1, 1, 2, 2, 1, 2], "model": ["a"] * 4 + ["b"] * 2,
                        "arousal_ccc": [0.1, 0.3, 0.4, 0.6, 0.0, 0.1], "valence_ccc": [0.0] * 6})
+    fig = plots.plot_metric_lines(df, "k", ["arousal_ccc"], hue="model", provenance=PROV)
+    np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(), [0.2, 0.5])  # mean over repeats per k
     fig = plots.plot_kshot_curve(df, provenance=PROV)
     ax = fig.axes[0]
-    assert ax.get_title() == "arousal_ccc"
-    line = ax.get_lines()[0]
-    np.testing.assert_allclose(line.get_ydata(), [0.2, 0.5])  # mean over repeats per k
-    fig = plots.plot_kshot_curve(df.drop(columns="model"), hue="model")
-    assert fig.axes[0].get_legend() is None
+    assert ax.get_title() == "arousal_ccc" and list(ax.get_xticks()) == [1, 2]
+    assert [line.get_label() for line in ax.get_lines()] == ["a", "b"]
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [0.2, 0.5])
     with pytest.raises(ValueError, match="not in table"):
         plots.plot_metric_lines(df, "k", ["nope"])
+    with pytest.raises(ValueError, match="not in the k-shot table"):
+        plots.plot_kshot_curve(df, metrics=("r2",))
     res = pd.DataFrame({"model": ["dsaml", "crnn"], "arousal_ccc": [0.4, 0.2], "valence_ccc": [0.1, -0.1]})
     fig = plots.plot_metric_bars(res, ["arousal_ccc", "valence_ccc"], provenance=PROV, title="Table 1")
     heights = [p.get_height() for p in fig.axes[0].patches]
@@ -219,8 +221,10 @@ def test_kshot_long_and_paper_results():
     assert list(long.columns) == ["model", "k", "adaptation", "arousal_ccc", "valence_ccc"]
     assert long["adaptation"].tolist() == ["adapted", "adapted", "no adaptation", "no adaptation"]
     assert long["arousal_ccc"].tolist() == [0.3, 0.4, 0.1, 0.1]
-    fig = plots.plot_kshot_curve(long.assign(model=long.model + ", " + long.adaptation))
-    assert len(fig.axes[0].containers) == 2  # one errorbar line per model+adaptation
+    fig = plots.plot_kshot_curve(long)
+    lines = fig.axes[0].get_lines()
+    assert [ln.get_label() for ln in lines] == ["DSAML, adapted", "DSAML, no adaptation"]
+    assert [ln.get_linestyle() for ln in lines] == ["-", "--"] and lines[0].get_color() == lines[1].get_color()
     with pytest.raises(ValueError, match="not in the k-shot table"):
         plots.kshot_long(table.drop(columns="valence_ccc"))
     t1 = plots.PAPER_RESULTS["table1_deam"]

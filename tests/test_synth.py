@@ -163,9 +163,11 @@ def test_truth_and_listener_records(tiny):
     # Test listeners rate only full songs, training and lazy listeners only clips.
     assert all(all(x >= 2001 for x in lst["songs"]) and lst["songs"] for lst in by_role["test"])
     assert all(all(x < 2001 for x in lst["songs"] + lst["anonymous_songs"]) for lst in by_role["train"])
-    assert sum(lst["invert_valence"] for lst in by_role["train"]) == 1  # 20 % of 5
+    assert sum(lst["invert_valence"] for lst in by_role["train"]) == 2  # 30 % of 5, rounded
+    assert sum(lst["invert_valence"] for lst in by_role["test"]) == 1  # 30 % of 3
+    assert not any(lst["invert_valence"] for lst in by_role["lazy"])
     for lst in listeners:
-        assert 0 <= min(lst["lag"]) and max(lst["lag"]) <= 3
+        assert 0 <= min(lst["lag"]) and max(lst["lag"]) <= 2
     with pytest.raises(DataError, match="truth.npz"):
         synth.load_truth(root / "DEAM_audio")
 
@@ -228,6 +230,33 @@ def test_identical_ideal_listeners_do_not_diverge(tmp_path):
     assert div["curves"] == 12
     assert max(div["listener_vs_mean_rmse"]) < 0.01 and max(div["mean_vs_truth_rmse"]) < 0.01
     assert min(div["mean_vs_truth_ccc"]) > 0.98
+    with pytest.raises(DataError, match="no held-out listener rated two songs"):
+        synth.personalization_headroom(tmp_path / "ideal")  # no full songs, so no (support, query) pair
+
+
+# Full songs only: 3 songs, each rated by both of 2 held-out listeners (6 ordered pairs each).
+HEADROOM = dict(songs=2, anonymous_songs=0, full_songs=3, listeners=2, test_listeners=2, lazy_listeners=0,
+                raters_per_song=2, raters_per_full_song=2, clip_seconds=16.0, full_seconds=(40.0, 45.0),
+                sample_rate=8000, seed=0)
+
+
+def test_personalization_headroom_is_zero_for_ideal_listeners_and_positive_by_default(tmp_path):
+    ideal = synth.ListenerModel(offset_sd=0, gain_log_sd=0, lag_max=0, tau_range=(0.05, 0.05),
+                                squash_range=(1e-4, 1e-4), noise_range=(0, 0), song_offset_sd=0,
+                                invert_fraction=0)
+    synth.generate(tmp_path / "ideal", synth.SynthConfig(**HEADROOM, listener_model=ideal))
+    flat = synth.personalization_headroom(tmp_path / "ideal")
+    assert flat["pairs"] == 12 and flat["listeners"] == 2
+    assert min(flat["mean_ccc"]) > 0.99 and max(abs(h) for h in flat["headroom"]) < 0.01
+
+    synth.generate(tmp_path / "default", synth.SynthConfig(**HEADROOM))
+    got = synth.personalization_headroom(tmp_path / "default")
+    assert got["pairs"] == 12
+    for d in range(2):
+        assert got["headroom"][d] == pytest.approx(got["recalibrated_ccc"][d] - got["mean_ccc"][d], abs=2e-4)
+    # One of the two held-out listeners hears valence inverted: only a recalibration can follow them.
+    assert got["headroom"][1] > 0.2 and got["recalibrated_ccc"][1] > got["mean_ccc"][1]
+    assert got["headroom"][0] > 0
 
 
 def test_default_plan_passes_the_authors_filters():
@@ -241,9 +270,12 @@ def test_default_plan_passes_the_authors_filters():
         assert sum(i in pl.raters[s] for s in fulls) >= 3
         assert not any(i in pl.raters[s] for s in named)
     assert all(len(pl.raters[s]) == 6 for s in named) and len(pl.of_role("lazy")) == 2
-    assert all(90 <= pl.durations[s] <= 150 for s in fulls) and len(fulls) == 6
-    inverted = [pl.listeners[i].invert_valence for i in pl.of_role("train")]
-    assert sum(inverted) == round(0.2 * len(inverted))
+    assert all(60 <= pl.durations[s] <= 90 for s in fulls) and len(fulls) == 10
+    for group in ("train", "test"):
+        inverted = [pl.listeners[i].invert_valence for i in pl.of_role(group)]
+        assert sum(inverted) == max(1, round(0.3 * len(inverted)))
+    # Every held-out listener rates enough songs for a k-shot curve up to 8 support songs.
+    assert all(sum(i in pl.raters[s] for s in fulls) >= 9 for i in pl.of_role("test"))
 
 
 def test_music_carries_arousal_and_valence():
