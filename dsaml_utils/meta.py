@@ -8,10 +8,13 @@ tasks of a meta-batch; the outer optimizer (Adam) steps on its gradient.
 Two implementations give the same meta-gradient:
 - `meta_loss_loop`: the reference, one task after the other, "clone and adapt" as learn2learn's MAML
   does (the adapted parameters are differentiable functions of the meta-parameters).
-- `meta_loss_batched`: all tasks of a meta-batch at once with torch.func.vmap over tasks; the inner
-  gradient is taken by torch.func.grad inside the vmapped function. nn.LSTM has no vmap batching rule,
-  so inside the batched path every nn.LSTM / nn.GRU runs through `functional_rnn` (same maths,
-plain ops).
+- `meta_loss_batched`: the tasks of a meta-batch at once. The model's forward runs under
+  torch.func.vmap over a task axis, with parameters [n, ...] (one copy per task), and plain autograd
+  differentiates through it: the gradient of the summed task losses with respect to the per-task
+  parameters is each task's own gradient. nn.LSTM / nn.GRU have no vmap batching rule, so there they
+  run through `functional_rnn` (same maths, plain ops). (torch.func.grad inside vmap, the textbook
+  alternative, gave wrong second-order gradients through the fused BatchNorm / LayerNorm kernels with
+  torch 2.13: off by ~1e-3 against the loop; autograd through vmap has no such problem.)
 
 First order (the authors' setting) treats the inner gradients as constants: the meta-gradient is the
 query gradient at the adapted parameters. Second order differentiates through the inner loop
@@ -35,8 +38,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from dsaml_utils.metrics import dsaml_loss
 
@@ -108,126 +112,91 @@ def _meta_context(second_order: bool) -> Iterator[None]:
         yield
 
 
-def _lstm_cell(gx: torch.Tensor, h: torch.Tensor, state: torch.Tensor, w_hh, b_hh):
-    g = gx + F.linear(h, w_hh, b_hh)
-    i, f, gg, o = g.chunk(4, dim=-1)  # PyTorch's gate order
-    c = torch.sigmoid(f) * state + torch.sigmoid(i) * torch.tanh(gg)
-    return torch.sigmoid(o) * torch.tanh(c), c
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
-def _gru_cell(gx: torch.Tensor, h: torch.Tensor, state: torch.Tensor, w_hh, b_hh):
-    xr, xz, xn = gx.chunk(3, dim=-1)  # PyTorch's gate order: reset, update, new
-    hr, hz, hn = F.linear(h, w_hh, b_hh).chunk(3, dim=-1)
-    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-    h = (1 - z) * torch.tanh(xn + r * hn) + z * h
-    return h, h
+def per_task_modules(model: nn.Module) -> list[str]:
+    """Names of the submodules that the batched path runs once per task instead of vmapping them.
+
+    Recurrent layers (no vmap batching rule; their fused kernels beat a step-by-step vmap) and convolution
+    blocks: for each convolution, its nearest enclosing module that is not a plain container (vmap turns a
+    per-task convolution into a slow grouped one and shuffles BatchNorm layouts; per task, each runs its
+    own kernels on an already large batch of slices); a convolution that sits (maybe in containers)
+    directly in the model is taken with its outermost container. Only the outermost of nested choices is kept.
+    """
+    modules = dict(model.named_modules())
+    picked = set()
+    for name, mod in modules.items():
+        if isinstance(mod, nn.RNNBase):
+            picked.add(name)
+        elif isinstance(mod, nn.modules.conv._ConvNd):
+            # climb out of containers, but never up to the whole model
+            while "." in name and isinstance(modules[name], (nn.modules.conv._ConvNd, *_CONTAINERS)):
+                name = name.rpartition(".")[0]
+            picked.add(name)
+    return sorted(n for n in picked if not any(n.startswith(q + ".") for q in picked))
 
 
-def functional_rnn(rnn: nn.LSTM | nn.GRU, x: torch.Tensor, hx=None):
-    """nn.LSTM's / nn.GRU's forward written with plain tensor ops, so that vmap and double backward work."""
-    if isinstance(x, nn.utils.rnn.PackedSequence):
-        raise TypeError("functional_rnn does not take a PackedSequence; pass padded input and a mask")
-    lstm = isinstance(rnn, nn.LSTM)
-    if lstm and rnn.proj_size:
-        raise NotImplementedError("functional_rnn does not support proj_size > 0")
-    cell = _lstm_cell if lstm else _gru_cell
-    unbatched = x.dim() == 2
-    if unbatched:
-        x = x.unsqueeze(0 if rnn.batch_first else 1)
-    if not rnn.batch_first:
-        x = x.transpose(0, 1)  # -> [B, T, F]
-    n_dir = 2 if rnn.bidirectional else 1
-    size = (rnn.num_layers * n_dir, x.shape[0], rnn.hidden_size)
-    if hx is None:
-        h0 = c0 = x.new_zeros(size)
-    else:
-        h0, c0 = hx if lstm else (hx, hx)
-        if unbatched:
-            h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-    steps = x.shape[1]
-    layer_in, h_last, c_last = x, [], []
-    for layer in range(rnn.num_layers):
+class _PerTask(torch.autograd.Function):
+    """Calls a module once per task under vmap; plain autograd records each call's own kernels."""
+
+    @staticmethod
+    def forward(module, names, n_tensors, *args):
+        raise RuntimeError("per-task modules run only under torch.func.vmap")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("per-task modules are differentiated by plain autograd, outside vmap")
+
+    @staticmethod
+    def vmap(info, in_dims, module, names, n_tensors, *args):
+        dims = in_dims[3:]
         outs = []
-        for d in range(n_dir):
-            sfx = f"_l{layer}" + ("_reverse" if d else "")
-            w_ih, w_hh = getattr(rnn, "weight_ih" + sfx), getattr(rnn, "weight_hh" + sfx)
-            b_ih = getattr(rnn, "bias_ih" + sfx) if rnn.bias else None
-            b_hh = getattr(rnn, "bias_hh" + sfx) if rnn.bias else None
-            gates_x = F.linear(layer_in, w_ih, b_ih)  # the input projection of every step at once
-            h, state = h0[layer * n_dir + d], c0[layer * n_dir + d]
-            seq: list[torch.Tensor] = [x] * steps  # placeholders, overwritten below
-            for t in (range(steps - 1, -1, -1) if d else range(steps)):
-                h, state = cell(gates_x[:, t], h, state, w_hh, b_hh)
-                seq[t] = h
-            outs.append(torch.stack(seq, dim=1))
-            h_last.append(h)
-            c_last.append(state)
-        layer_in = torch.cat(outs, dim=-1) if n_dir == 2 else outs[0]
-        if rnn.dropout and rnn.training and layer < rnn.num_layers - 1:
-            layer_in = F.dropout(layer_in, rnn.dropout, training=True)
-    y, h_n, c_n = layer_in, torch.stack(h_last), torch.stack(c_last)
-    if not rnn.batch_first:
-        y = y.transpose(0, 1)
-    if unbatched:
-        y, h_n, c_n = y.squeeze(0 if rnn.batch_first else 1), h_n.squeeze(1), c_n.squeeze(1)
-    return (y, (h_n, c_n)) if lstm else (y, h_n)
-
-
-def functional_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm's forward (any dimension, train or eval) with plain tensor ops, same statistics updates."""
-    shape = [1, -1] + [1] * (x.dim() - 2)
-    dims = [0] + list(range(2, x.dim()))
-    use_batch = bn.training or bn.running_mean is None
-    if use_batch:
-        mean = x.mean(dims)
-        var = ((x - mean.view(shape)) ** 2).mean(dims)
-        if bn.training and bn.track_running_stats and bn.running_mean is not None:
-            with torch.no_grad():
-                bn.num_batches_tracked.add_(1)
-                m = 1.0 / bn.num_batches_tracked.to(x.dtype) if bn.momentum is None else bn.momentum
-                n = x.numel() // x.shape[1]
-                unbiased = var.detach() * (n / max(n - 1, 1))
-                bn.running_mean.mul_(1 - m).add_(m * mean.detach())
-                bn.running_var.mul_(1 - m).add_(m * unbiased)
-    else:
-        mean, var = bn.running_mean, bn.running_var
-    y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
-    if bn.affine:
-        y = y * bn.weight.view(shape) + bn.bias.view(shape)
-    return y
-
-
-def functional_layer_norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """LayerNorm's forward with plain tensor ops."""
-    dims = tuple(range(-len(ln.normalized_shape), 0))
-    mean = x.mean(dims, keepdim=True)
-    var = ((x - mean) ** 2).mean(dims, keepdim=True)
-    y = (x - mean) * torch.rsqrt(var + ln.eps)
-    if ln.weight is not None:
-        y = y * ln.weight
-    if ln.bias is not None:
-        y = y + ln.bias
-    return y
+        for i in range(info.batch_size):
+            own = [a if d is None else a.select(d, i) for a, d in zip(args, dims)]
+            with _unpatched(module):
+                outs.append(functional_call(module, dict(zip(names, own[:n_tensors])), tuple(own[n_tensors:])))
+        leaves, spec = tree_flatten(outs[0])
+        columns = zip(*(tree_flatten(o)[0] for o in outs))
+        stacked = [torch.stack(c) if torch.is_tensor(c[0]) else c[0] for c in columns]
+        return tree_unflatten(stacked, spec), tree_unflatten([0 if torch.is_tensor(x) else None for x in leaves], spec)
 
 
 @contextlib.contextmanager
-def vmap_ready(model: nn.Module, norms: bool = False) -> Iterator[nn.Module]:
-    """Temporarily route every nn.LSTM/nn.GRU (with norms, BatchNorm/LayerNorm too) through plain-op versions.
+def _unpatched(module: nn.Module) -> Iterator[None]:
+    patched = module.__dict__.pop("forward")
+    try:
+        yield
+    finally:
+        module.forward = patched
 
-    nn.LSTM and nn.GRU have no vmap batching rule. The fused batch_norm / layer_norm kernels do run under vmap,
-    but their second-order gradients through vmap(grad(...)) come out wrong (measured with torch 2.13:
-    off by ~1e-3 against the loop), so second-order MAML uses the plain-op norms.
+
+def _per_task_forward(module: nn.Module, *args, **kwargs):
+    if kwargs:
+        raise TypeError(f"{type(module).__name__} is run per task in the batched meta-step: pass its inputs "
+                        f"positionally, not as {sorted(kwargs)}")
+    state = [*module.named_parameters(), *module.named_buffers()]
+    if not any(torch.is_tensor(a) and torch._C._functorch.is_batchedtensor(a) for a in [*args, *dict(state).values()]):
+        with _unpatched(module):  # not under vmap over tasks: an ordinary call
+            return module(*args)
+    return _PerTask.apply(module, [k for k, _ in state], len(state), *[v for _, v in state], *args)
+
+
+@contextlib.contextmanager
+def vmap_ready(model: nn.Module) -> Iterator[nn.Module]:
+    """Make the model's forward work under torch.func.vmap over tasks, differentiated by plain autograd.
+
+    Each module of `per_task_modules` is called once per task (see there) while the rest of the model
+    runs batched; nn.LSTM / nn.GRU have no batching rule, so this is also what makes them run at all.
+    Supports vmap with plain autograd outside it (not torch.func.grad inside vmap).
     """
-    swaps = {nn.LSTM: functional_rnn, nn.GRU: functional_rnn}
-    if norms:
-        swaps.update({nn.modules.batchnorm._BatchNorm: functional_batch_norm, nn.LayerNorm: functional_layer_norm})
-    patched = []
-    for m in model.modules():
-        for cls, fn in swaps.items():
-            if isinstance(m, cls):
-                m.forward = functools.partial(fn, m)
-                patched.append(m)
-                break
+    patched = [m for name, m in model.named_modules() if name in set(per_task_modules(model))]
+    for m in patched:
+        m.forward = functools.partial(_per_task_forward, m)
     try:
         yield model
     finally:
@@ -307,53 +276,101 @@ def stack_batches(batches: Sequence[Batch]) -> Batch:
     return out
 
 
+class _Attach(torch.autograd.Function):
+    """Per-task values [n, ...] (no graph) re-attached to a meta-parameter with an identity Jacobian."""
+
+    @staticmethod
+    def forward(ctx, fast: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return fast.view_as(fast)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return None, _sum_tasks(g)
+
+
+def _sum_tasks(g: torch.Tensor) -> torch.Tensor:
+    """g.sum(0), reduced in g's memory order (a transposed weight gradient is slow to sum otherwise)."""
+    order = sorted(range(1, g.dim()), key=lambda d: -g.stride(d))
+    inverse = [order.index(d) for d in range(1, g.dim())]
+    return g.permute(0, *order).sum(0).permute(*inverse)
+
+
+def _copies_like(theta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """g.shape[0] copies of theta in g's memory layout, built with streaming copies."""
+    order = sorted(range(1, g.dim()), key=lambda d: -g.stride(d))
+    inverse = [0] + [order.index(d) + 1 for d in range(1, g.dim())]
+    one = theta.permute(*[d - 1 for d in order]).contiguous()
+    out = one.unsqueeze(0).repeat(g.shape[0], *[1] * one.dim()).permute(*inverse)
+    return out if out.stride() == g.stride() else torch.empty_like(g).copy_(out)
+
+
+def _task_losses(model: nn.Module, loss_fn: LossFn, shared: dict) -> Callable:
+    """vmap over tasks of (params, running stats, batch) -> loss; every argument has a leading task axis."""
+    def one(p, st, batch):
+        return loss_fn(functional_call(model, (p, shared, st), (batch,)), batch)
+
+    return vmap(one, in_dims=(0, 0, 0), randomness="different")
+
+
+def _adapt_batched(losses: Callable, params: dict[str, torch.Tensor], stats: dict, support: Batch, n: int,
+                   cfg: MetaConfig) -> dict[str, torch.Tensor]:
+    """Adapted parameters [n, ...] of n tasks, differentiable in `params` (to second order if asked)."""
+    names = list(params)
+    if not cfg.first_order:
+        fast = {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in params.items()}
+        for _ in range(cfg.inner_steps):
+            grads = torch.autograd.grad(losses(fast, stats, support).sum(), [fast[k] for k in names],
+                                        create_graph=True, allow_unused=True)
+            fast = {k: fast[k] if g is None else torch.add(fast[k], g, alpha=-cfg.inner_lr)
+                    for k, g in zip(names, grads)}
+        return fast
+    # First order: the inner loop runs without an outer graph, updating one buffer per parameter in
+    # place (laid out like its gradient, so the update streams through memory); the result is then
+    # re-attached to the meta-parameters with an identity Jacobian.
+    fast = {k: v.detach().unsqueeze(0).expand(n, *v.shape) for k, v in params.items()}
+    for _ in range(cfg.inner_steps):
+        leaves = {k: v.requires_grad_(True) if v.is_leaf else v for k, v in fast.items()}
+        grads = torch.autograd.grad(losses(leaves, stats, support).sum(), list(leaves.values()),
+                                    allow_unused=True)
+        with torch.no_grad():
+            for k, g in zip(names, grads):
+                if g is None:
+                    continue
+                if fast[k].stride() != g.stride():  # first step (expanded) or a layout change
+                    fast[k] = _copies_like(params[k].detach(), g)
+                fast[k].add_(g, alpha=-cfg.inner_lr)
+    return {k: _Attach.apply(fast[k].detach(), params[k]) for k in names}
+
+
 def meta_loss_batched(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig = MetaConfig(),
                       loss_fn: LossFn = default_loss) -> torch.Tensor:
-    """Mean query loss over tasks, every task's inner loop and query run at once under vmap."""
+    """Mean query loss over tasks, with every task of a chunk adapted at once under vmap.
+
+    The model's forward runs under torch.func.vmap over a task axis (parameters [n, ...] per task), and
+    plain autograd differentiates through it: the gradient of the sum of the task losses with respect to
+    the per-task parameters is every task's own gradient.
+    """
     if not tasks:
         raise ValueError("meta-batch has no tasks")
-    n = len(tasks)
-    support = stack_batches([s for s, _ in tasks])
-    query = stack_batches([q for _, q in tasks])
     params = trainable_params(model)
     stat_names = _stat_buffer_names(model)
     shared = {k: v for k, v in model.named_buffers() if k not in stat_names}
-    stats = {k: v.unsqueeze(0).repeat(n, *[1] * v.dim()) for k, v in model.named_buffers() if k in stat_names}
-
-    def call(p, st, batch):
-        return functional_call(model, (p, shared, st), (batch,))
-
-    def query_loss(p, st, qry):
-        return loss_fn(call(p, st, qry), qry)
-
-    def inner(p, st, sup):
-        # The running statistics are an argument (grad refuses in-place updates of captured tensors);
-        # the batch is captured, so the model sees it as a plain vmapped tensor, not a grad wrapper.
-        def support_loss(q, st_):
-            return loss_fn(call(q, st_, sup), sup)
-
-        for _ in range(cfg.inner_steps):
-            g = grad(support_loss)(p, st)
-            p = {k: p[k] - cfg.inner_lr * g[k] for k in p}
-        return p
-
-    def task_loss(p, st, sup, qry):  # second order: one differentiable function of p
-        return query_loss(inner(p, st, sup), st, qry)
-
-    mapped = functools.partial(vmap, randomness="different", chunk_size=cfg.task_chunk)
-    with vmap_ready(model, norms=not cfg.first_order), _meta_context(not cfg.first_order):
-        if cfg.first_order:
-            # The inner loop needs no outer graph: run it without one, then re-attach the adapted
-            # parameters to the meta-parameters with an identity Jacobian (theta + constant).
-            with torch.no_grad():
-                adapted = mapped(inner, in_dims=(None, 0, 0))(params, stats, support)
-            fast = {k: params[k] + (adapted[k] - params[k].detach()) for k in params}
-            losses = mapped(query_loss, in_dims=(0, 0, 0))(fast, stats, query)
-        else:
-            losses = mapped(task_loss, in_dims=(None, 0, 0, 0))(params, stats, support, query)
+    stats = {k: v.unsqueeze(0).repeat(len(tasks), *[1] * v.dim()) for k, v in model.named_buffers()
+             if k in stat_names}
+    losses = _task_losses(model, loss_fn, shared)
+    chunk = cfg.task_chunk or len(tasks)
+    out = []
+    with vmap_ready(model), _meta_context(not cfg.first_order):
+        for i in range(0, len(tasks), chunk):
+            part = tasks[i:i + chunk]
+            support = stack_batches([s for s, _ in part])
+            query = stack_batches([q for _, q in part])
+            st = {k: v[i:i + chunk] for k, v in stats.items()}  # views: updates land in `stats`
+            fast = _adapt_batched(losses, params, st, support, len(part), cfg)
+            out.append(losses(fast, st, query))
     if stat_names:
         _write_back_mean(model, stats)
-    return losses.mean()
+    return torch.cat(out).mean()
 
 
 def meta_step(model: nn.Module, optimizer: torch.optim.Optimizer, tasks: Sequence[Task],
