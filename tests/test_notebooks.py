@@ -25,7 +25,7 @@ EXPECTED = {
     "04_dmer_training": {"figures": ["04_training_curves", "04_dmer_scores", "04_predictions_test_song"],
                          "tables": ["table1"]},
     "05_meta_training": {"figures": ["05_meta_training_curves", "05_personalization_gain"],
-                         "tables": ["05_tasks", "table4"]},
+                         "tables": ["05_tasks", "table4", "personalization"]},
     "06_evaluation_tables": {
         "figures": ["table1_dmer", "table4_pdmer_ablations", "06_kshot_curve"],
         "tables": ["table1", "table1_paper", "table2", "table2_paper", "table3", "table3_paper", "table4",
