@@ -215,17 +215,21 @@ def ensure_dataset(params: WorkbookParams) -> Path:
 
 
 @contextlib.contextmanager
-def _repo_on_path():
-    """Put the repository on the kernel's PYTHONPATH, so dsaml_utils imports even without `pip install -e .`."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([old] if old else []))
+def _kernel_environment():
+    """Environment of the kernels the runner starts: the repository on PYTHONPATH (so dsaml_utils imports
+    even without `pip install -e .`), and progress bars that redraw every few seconds (each redraw is
+    stored as an output of the executed notebook)."""
+    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "TQDM_MININTERVAL")}
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([old["PYTHONPATH"]] if old["PYTHONPATH"] else []))
+    os.environ["TQDM_MININTERVAL"] = "5"
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_notebook(src: Path, dest: Path, params: WorkbookParams, kernel: str, progress: bool = False,
@@ -237,7 +241,7 @@ def run_notebook(src: Path, dest: Path, params: WorkbookParams, kernel: str, pro
     from traitlets.config import Config
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dsaml-kernel-") as sock, _repo_on_path():
+    with tempfile.TemporaryDirectory(prefix="dsaml-kernel-") as sock, _kernel_environment():
         # IPC sockets in a private directory: no open TCP ports, and no warning about them.
         config = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sock) / "kernel")}})
         try:

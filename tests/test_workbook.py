@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -102,18 +103,21 @@ def test_ensure_dataset_checks_real_roots(tmp_path):
 def test_run_reports_failing_cell_and_cli_exits_nonzero(tmp_path, capsys):
     """One kernel start: a passing notebook, then a failing one that stops the run."""
     nbs = tmp_path / "nbs"
-    _write_nb(nbs / "00_ok.ipynb", "from pathlib import Path\nPath(run_dir, 'seen.txt').write_text(preset + dataset)",
+    _write_nb(nbs / "00_ok.ipynb", "import os\nfrom pathlib import Path\n"
+              "Path(run_dir, 'seen.txt').write_text(preset + dataset + os.environ['TQDM_MININTERVAL'])",
               params="preset = 'x'\ndataset = 'y'\nrun_dir = '.'")
     _write_nb(nbs / "01_bad.ipynb", "y = 2", "raise ValueError('broken on purpose')\n# second line")
     _write_nb(nbs / "02_never.ipynb", "open('never', 'w')")
     run = tmp_path / "run"
     argv = ["workbook", "--preset", "smoke", "--dataset", "deam", "--root", str(tmp_path), "--out", str(run),
             "--notebooks", str(nbs), "--device", "cpu"]
+    tqdm_before = os.environ.get("TQDM_MININTERVAL")
     assert _main(argv) == 1
     err = capsys.readouterr().err
     assert "notebook 01_bad.ipynb failed in cell" in err
     assert "`raise ValueError('broken on purpose')`" in err and "ValueError: broken on purpose" in err
-    assert (run / "seen.txt").read_text() == "smokedeam"  # parameters were injected
+    assert (run / "seen.txt").read_text() == "smokedeam5"  # parameters injected, kernel environment set
+    assert os.environ.get("TQDM_MININTERVAL") == tqdm_before  # ... for the kernels only
     executed = nbformat.read(run / "notebooks" / "01_bad.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     assert not (run / "notebooks" / "02_never.ipynb").exists()
@@ -198,7 +202,8 @@ def test_session_run_config_presets_and_threads(tmp_path, monkeypatch):
     q = _session(tmp_path, "quick").run_config()
     assert q.train.steps == workbook.QUICK_RUN["train.steps"] and q.eval.draws == workbook.QUICK_RUN["eval.draws"]
     assert q.cache_dir == str(workbook.REPO / "data" / "cache")
-    assert any(d.startswith("workbook:") for d in q.deviations) and not any(d.startswith("smoke:") for d in q.deviations)
+    assert any(d.startswith("workbook:") for d in q.deviations)
+    assert not any(d.startswith("smoke:") for d in q.deviations)
     from dsaml_utils.config import preset
 
     p = _session(tmp_path, "paper").run_config()
