@@ -16,6 +16,10 @@ By default the bench first asks glibc's malloc to keep freed memory (`keep_freed
 alike. Otherwise every tensor over 32 MB is a fresh mmap whose pages fault in on first touch (~2.5 us per
 4 KB page measured in this VM): the batched path, whose per-task stacks are n times larger, pays for that
 on every step while the loop's smaller tensors are recycled. `--no-tune-malloc` measures without it.
+
+On cores shared with other busy processes, OpenMP threads that spin-wait make multi-threaded timings
+erratic, the loop's many small parallel regions most: `--threads 1`, or OMP_WAIT_POLICY=PASSIVE in the
+environment (read when torch starts), gives steadier numbers. The report shows both settings.
 """
 
 from __future__ import annotations
@@ -106,7 +110,8 @@ def _sync(device: str) -> None:
 def time_meta_step(model: torch.nn.Module, case: BenchCase, repeats: int = 3, warmup: int = 1, seed: int = 0,
                    device: str = "cpu", progress: bool = True) -> dict[str, list[float]]:
     """Seconds per meta-step, loop and batched, each from the same model/optimizer state and seed."""
-    cfg = meta.MetaConfig(inner_steps=case.inner_steps, tasks_per_step=case.tasks, query_songs=case.query_songs)
+    cfg = meta.MetaConfig(inner_steps=case.inner_steps, tasks_per_step=case.tasks,
+                          query_songs=case.query_songs)
     tasks = make_tasks(model, case, seed, device)
     model.train()
     optimizer = meta.meta_optimizer(model, cfg)
@@ -151,10 +156,11 @@ def time_personalize(model: torch.nn.Module, case: BenchCase, repeats: int = 3, 
 
 def run_bench(cases: list[BenchCase], repeats: int = 3, warmup: int = 1, seed: int = 0, device: str = "cpu",
               threads: list[int] | None = None, progress: bool = True) -> dict:
-    """Time every case (at each intra-op thread count); returns the report dict (keys: see `format_report`)."""
+    """Time every case at each intra-op thread count; returns the report (keys: see `format_report`)."""
     threads = threads or [torch.get_num_threads()]
-    report = {"device": device, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-              "cpu_count": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+    report = {"device": device, "torch": torch.__version__,
+              "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
               "first_order": True, "repeats": repeats, "warmup": warmup, "cases": []}
     before = torch.get_num_threads()
     try:
@@ -189,17 +195,17 @@ def format_report(report: dict) -> str:
     loop_runs_s / batched_runs_s (every timed run), personalize_s, personalize_runs_s, and the 1-minute
     load average before and after (load_before, load_after).
     """
-    lines = [f"dsaml bench: device {report['device']} ({report['machine']}, {report['cpu_count']} cpus), torch "
-             f"{report['torch']}, first-order MAML, median of {report['repeats']} interleaved runs after "
+    lines = [f"dsaml bench: device {report['device']} ({report['machine']}, {report['cpu_count']} cpus), "
+             f"torch {report['torch']}, first-order MAML, median of {report['repeats']} interleaved runs after "
              f"{report['warmup']} warm-up; malloc keeps freed memory: {report.get('malloc_tuned', False)}; "
              f"OMP_WAIT_POLICY {report['omp_wait_policy']}",
              f"{'preset':<7} {'params':>11} {'threads':>7}  {'meta-batch: tasks x inner steps, 1+query songs':<46} "
              f"{'loop s':>8} {'batched s':>9} {'loop/batched':>12} {'personalize s':>13} {'load':>10}"]
     for c in report["cases"]:
         batch = f"{c['tasks']} x {c['inner_steps']}, 1+{c['query_songs']} songs of {c['steps']} steps"
-        lines.append(f"{c['preset']:<7} {c['params']:>11,} {c['torch_threads']:>7}  {batch:<46} {c['loop_s']:>8.3f} "
-                     f"{c['batched_s']:>9.3f} {c['loop_over_batched']:>11.2f}x {c['personalize_s']:>13.3f} "
-                     f"{c['load_before']:>4.1f}-{c['load_after']:<4.1f}")
+        lines.append(f"{c['preset']:<7} {c['params']:>11,} {c['torch_threads']:>7}  {batch:<46} "
+                     f"{c['loop_s']:>8.3f} {c['batched_s']:>9.3f} {c['loop_over_batched']:>11.2f}x "
+                     f"{c['personalize_s']:>13.3f} {c['load_before']:>4.1f}-{c['load_after']:<4.1f}")
     steps = ", ".join(sorted({f"{c['preset']}: {c['personalize_steps']} steps" for c in report["cases"]}))
     lines.append(f"personalize = adapt on 1 support song ({steps}) + predict 1 song. loop/batched > 1: the "
                  "batched meta-step is faster. load: 1-minute load average before-after (other processes "

@@ -11,10 +11,12 @@ Two implementations give the same meta-gradient:
 - `meta_loss_batched`: the tasks of a meta-batch at once. The model's forward runs under
   torch.func.vmap over a task axis, with parameters [n, ...] (one copy per task), and plain autograd
   differentiates through it: the gradient of the summed task losses with respect to the per-task
-  parameters is each task's own gradient. nn.LSTM / nn.GRU have no vmap batching rule, so there they
-  run through `functional_rnn` (same maths, plain ops). (torch.func.grad inside vmap, the textbook
-  alternative, gave wrong second-order gradients through the fused BatchNorm / LayerNorm kernels with
-  torch 2.13: off by ~1e-3 against the loop; autograd through vmap has no such problem.)
+  parameters is each task's own gradient. Linear layers and attention then run as batched matmuls over
+  all tasks; recurrent layers (no vmap batching rule) and convolution blocks (which vmap would turn into
+  slow grouped convolutions) are called once per task inside the vmap (`per_task_modules`).
+  (torch.func.grad inside vmap, the textbook alternative, gave wrong second-order gradients through the
+  fused BatchNorm / LayerNorm kernels with torch 2.13: off by ~1e-3 against the loop; plain autograd
+  through vmap has no such problem.)
 
 First order (the authors' setting) treats the inner gradients as constants: the meta-gradient is the
 query gradient at the adapted parameters. Second order differentiates through the inner loop
@@ -37,7 +39,6 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_flatten, tree_unflatten
@@ -80,7 +81,7 @@ def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------------
-# contexts
+# running statistics, autograd contexts, and running a model under vmap over tasks
 
 
 def _stat_buffer_names(model: nn.Module) -> list[str]:
@@ -158,12 +159,14 @@ class _PerTask(torch.autograd.Function):
         outs = []
         for i in range(info.batch_size):
             own = [a if d is None else a.select(d, i) for a, d in zip(args, dims)]
+            state, inputs = dict(zip(names, own[:n_tensors])), tuple(own[n_tensors:])
             with _unpatched(module):
-                outs.append(functional_call(module, dict(zip(names, own[:n_tensors])), tuple(own[n_tensors:])))
+                outs.append(functional_call(module, state, inputs))
         leaves, spec = tree_flatten(outs[0])
         columns = zip(*(tree_flatten(o)[0] for o in outs))
         stacked = [torch.stack(c) if torch.is_tensor(c[0]) else c[0] for c in columns]
-        return tree_unflatten(stacked, spec), tree_unflatten([0 if torch.is_tensor(x) else None for x in leaves], spec)
+        dims = [0 if torch.is_tensor(x) else None for x in leaves]
+        return tree_unflatten(stacked, spec), tree_unflatten(dims, spec)
 
 
 @contextlib.contextmanager
@@ -180,7 +183,8 @@ def _per_task_forward(module: nn.Module, *args, **kwargs):
         raise TypeError(f"{type(module).__name__} is run per task in the batched meta-step: pass its inputs "
                         f"positionally, not as {sorted(kwargs)}")
     state = [*module.named_parameters(), *module.named_buffers()]
-    if not any(torch.is_tensor(a) and torch._C._functorch.is_batchedtensor(a) for a in [*args, *dict(state).values()]):
+    tensors = [a for a in [*args, *dict(state).values()] if torch.is_tensor(a)]
+    if not any(torch._C._functorch.is_batchedtensor(t) for t in tensors):
         with _unpatched(module):  # not under vmap over tasks: an ordinary call
             return module(*args)
     return _PerTask.apply(module, [k for k, _ in state], len(state), *[v for _, v in state], *args)

@@ -171,7 +171,8 @@ def _moments(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
         w = torch.ones(pred.shape[:2], dtype=pred.dtype, device=pred.device)
     else:
         if mask.shape != pred.shape[:2]:
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match [B, T] = {tuple(pred.shape[:2])}")
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match [B, T] = "
+                             f"{tuple(pred.shape[:2])}")
         w = mask.to(pred.dtype)
     w = w.unsqueeze(-1)  # [B, T, 1]
     n = w.sum(1).clamp_min(1.0)  # [B, 1]; a song with no real step gives no NaN (but must not be passed)

@@ -8,16 +8,16 @@ import torch
 from dsaml_utils import bench, cli
 
 CASE_KEYS = {"preset", "tasks", "inner_steps", "query_songs", "steps", "personalize_steps", "support_songs",
-             "torch_threads", "params", "loop_s", "batched_s", "loop_over_batched", "loop_runs_s", "batched_runs_s",
-             "personalize_s", "personalize_runs_s", "load_before", "load_after"}
+             "torch_threads", "params", "loop_s", "batched_s", "loop_over_batched", "loop_runs_s",
+             "batched_runs_s", "personalize_s", "personalize_runs_s", "load_before", "load_after"}
 REPORT_KEYS = {"device", "torch", "machine", "cpu_count", "omp_wait_policy", "malloc_tuned", "first_order",
                "repeats", "warmup", "cases"}
 
 
 def test_bench_cli_json_reports_documented_keys(capsys):
     before = torch.get_num_threads()
-    code = cli.main(["bench", "--preset", "tiny", "--json", "--repeats", "2", "--warmup", "0", "--threads", "1",
-                     "--tasks", "3", "--no-tune-malloc"])
+    code = cli.main(["bench", "--preset", "tiny", "--json", "--repeats", "2", "--warmup", "0",
+                     "--threads", "1", "--tasks", "3", "--no-tune-malloc"])
     assert code == 0
     assert torch.get_num_threads() == before  # thread setting restored
     report = json.loads(capsys.readouterr().out)
