@@ -66,6 +66,20 @@ class MetaConfig:
     support_songs: int = 1  # songs a listener annotates for adaptation
     query_songs: int = 15  # songs per task on which the adapted model is scored
     task_chunk: int | None = None  # batched path: tasks per vmap chunk (None = all at once; less memory)
+    inner_params: tuple[str, ...] = ()  # name prefixes of the parameters the inner loop adapts; () = all of
+    # them (MAML, the paper); ("predictor.head",) adapts only the output MLP (ANIL, Raghu et al. 2020).
+    # The outer loop meta-learns every parameter either way.
+
+
+def inner_names(params: dict[str, torch.Tensor], prefixes: Sequence[str] = ()) -> list[str]:
+    """The names in `params` that the inner loop adapts: all, or those starting with one of `prefixes`."""
+    if not prefixes:
+        return list(params)
+    names = [k for k in params if any(k == p or k.startswith(p.rstrip(".") + ".") for p in prefixes)]
+    if not names:
+        raise ValueError(f"meta.inner_params {tuple(prefixes)} matches no parameter (names look like "
+                         f"{next(iter(params), '?')!r})")
+    return names
 
 
 def default_loss(out: dict, batch: Batch) -> torch.Tensor:
@@ -214,19 +228,20 @@ def vmap_ready(model: nn.Module) -> Iterator[nn.Module]:
 
 def adapt(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
           support_batch: Batch, loss_fn: LossFn = default_loss, steps: int = 16, lr: float = 5e-3,
-          create_graph: bool = False) -> dict[str, torch.Tensor]:
+          create_graph: bool = False, only: Sequence[str] = ()) -> dict[str, torch.Tensor]:
     """`steps` SGD steps on the support batch from `params`; returns the adapted parameters.
 
     With create_graph the result is differentiable to second order in `params`; without it the inner
     gradients are constants (first order), but the result still depends on `params` (identity Jacobian).
+    `only`: name prefixes of the parameters to adapt (MetaConfig.inner_params); the rest pass through.
     """
-    names = list(params)
+    names = inner_names(params, only)
     for _ in range(steps):
         out = functional_call(model, (params, buffers), (support_batch,))
         loss = loss_fn(out, support_batch)
         grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph,
                                     allow_unused=True)
-        params = {k: p if g is None else p - lr * g for (k, p), g in zip(params.items(), grads)}
+        params = dict(params, **{k: params[k] - lr * g for k, g in zip(names, grads) if g is not None})
     return params
 
 
@@ -244,7 +259,7 @@ def meta_loss_loop(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig = Me
             # each task gets its own copy of the running statistics
             bufs = dict(buffers, **{k: buffers[k].clone() for k in stat_names})
             fast = adapt(model, params, bufs, support, loss_fn, cfg.inner_steps, cfg.inner_lr,
-                         create_graph=not cfg.first_order)
+                         create_graph=not cfg.first_order, only=cfg.inner_params)
             losses.append(loss_fn(functional_call(model, (fast, bufs), (query,)), query))
             stats.append({k: bufs[k] for k in stat_names})
     if stat_names:
@@ -319,22 +334,22 @@ def _task_losses(model: nn.Module, loss_fn: LossFn, shared: dict) -> Callable:
 def _adapt_batched(losses: Callable, params: dict[str, torch.Tensor], stats: dict, support: Batch, n: int,
                    cfg: MetaConfig) -> dict[str, torch.Tensor]:
     """Adapted parameters [n, ...] of n tasks, differentiable in `params` (to second order if asked)."""
-    names = list(params)
+    names = inner_names(params, cfg.inner_params)
     if not cfg.first_order:
         fast = {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in params.items()}
         for _ in range(cfg.inner_steps):
             grads = torch.autograd.grad(losses(fast, stats, support).sum(), [fast[k] for k in names],
                                         create_graph=True, allow_unused=True)
-            fast = {k: fast[k] if g is None else torch.add(fast[k], g, alpha=-cfg.inner_lr)
-                    for k, g in zip(names, grads)}
+            fast = dict(fast, **{k: torch.add(fast[k], g, alpha=-cfg.inner_lr)
+                                 for k, g in zip(names, grads) if g is not None})
         return fast
     # First order: the inner loop runs without an outer graph, updating one buffer per parameter in
     # place (laid out like its gradient, so the update streams through memory); the result is then
     # re-attached to the meta-parameters with an identity Jacobian.
     fast = {k: v.detach().unsqueeze(0).expand(n, *v.shape) for k, v in params.items()}
     for _ in range(cfg.inner_steps):
-        leaves = {k: v.requires_grad_(True) if v.is_leaf else v for k, v in fast.items()}
-        grads = torch.autograd.grad(losses(leaves, stats, support).sum(), list(leaves.values()),
+        leaves = {k: v.requires_grad_(True) if v.is_leaf and k in names else v for k, v in fast.items()}
+        grads = torch.autograd.grad(losses(leaves, stats, support).sum(), [leaves[k] for k in names],
                                     allow_unused=True)
         with torch.no_grad():
             for k, g in zip(names, grads):
@@ -343,7 +358,7 @@ def _adapt_batched(losses: Callable, params: dict[str, torch.Tensor], stats: dic
                 if fast[k].stride() != g.stride():  # first step (expanded) or a layout change
                     fast[k] = _copies_like(params[k].detach(), g)
                 fast[k].add_(g, alpha=-cfg.inner_lr)
-    return {k: _Attach.apply(fast[k].detach(), params[k]) for k in names}
+    return {k: _Attach.apply(fast[k].detach(), params[k]) for k in params}
 
 
 def meta_loss_batched(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig = MetaConfig(),
@@ -404,7 +419,8 @@ def personalize(model: nn.Module, support_batch: Batch, cfg: MetaConfig = MetaCo
     params = {k: v.detach().requires_grad_(True) for k, v in trainable_params(model).items()}
     # copies, so that adapting in train mode leaves the model's running statistics alone
     buffers = {k: v.clone() for k, v in model.named_buffers()}
-    fast = adapt(model, params, buffers, support_batch, loss_fn, cfg.inner_steps, cfg.inner_lr)
+    fast = adapt(model, params, buffers, support_batch, loss_fn, cfg.inner_steps, cfg.inner_lr,
+                 only=cfg.inner_params)
     return {k: v.detach() for k, v in fast.items()}
 
 

@@ -26,7 +26,10 @@ in the ways that make personalization (PDMER) worth doing.
      v <= 0 (chords are stacked scale thirds, so the triad qualities follow the mode);
    - consonance vs dissonance: for v < 0 chords gain a clashing voice (a minor second above the root,
      plus a tritone below v = -0.4) and detuned partner voices that beat (roughness), all growing with -v;
-   - register: melody and chords move up to 3 scale steps up at v = 1 and down at v = -1.
+   - register: melody and chords move up to 6 scale steps up at v = 1 and down at v = -1.
+   (With 3 scale steps and half as loud dissonant voices, valence was hard to hear: a ridge probe on pooled
+   96-band log-mel slices reached CCC 0.54 against the true valence on the test songs, 0.75 now, with the
+   arousal probe at 0.92. The labels did not change: the audio uses no extra random draws.)
    Each section letter owns a 4-chord progression and an 8-note melodic motif, so a returning section
    sounds like its first occurrence. Kick drum on every beat, bass on the chord root; the mix is
    soft-clipped with tanh and written as MP3 by libsndfile (same seed, same bytes).
@@ -444,7 +447,7 @@ def _synthesize(rng: np.random.Generator, sections: list[_Section], lat: np.ndar
     gain = 10 ** ((-16 + 14 * d) / 20)
     bright = np.clip(0.1 + 0.8 * d + timbre, 0, 1)
     attack = 0.03 - 0.025 * d
-    shift = np.round(3 * v).astype(int)  # register in scale steps
+    shift = np.round(6 * v).astype(int)  # register in scale steps
     diss = np.clip(-v, 0, 1)
     next_t = np.append(slot_t[1:], duration)
     slot_dur = next_t - slot_t
@@ -478,13 +481,13 @@ def _synthesize(rng: np.random.Generator, sections: list[_Section], lat: np.ndar
                   attack[strike] + 0.01, 0.8, 1)
         rough = diss[strike] > 0.05  # a detuned partner beats against the voice: roughness
         notes.add(slot_t[strike][rough], length[rough], _midi_hz(p[rough] + 0.35 * diss[strike][rough]),
-                  0.07 * gain[strike][rough] * diss[strike][rough], 0.6 * bright[strike][rough],
+                  0.12 * gain[strike][rough] * diss[strike][rough], 0.6 * bright[strike][rough],
                   attack[strike][rough] + 0.01, 0.8, 1)
     base = 48 + tonic + _degree_to_semitone(root + shift[strike], minor[strike])
     for interval, thresh in ((1, 0.15), (6, 0.4)):  # minor second, then tritone: dissonant clusters
         m = diss[strike] > thresh
         notes.add(slot_t[strike][m], length[m], _midi_hz(base[m] + interval),
-                  0.08 * gain[strike][m] * diss[strike][m], 0.6 * bright[strike][m],
+                  0.12 * gain[strike][m] * diss[strike][m], 0.6 * bright[strike][m],
                   attack[strike][m] + 0.01, 0.8, 1)
     on_beat = np.nonzero(pos % 4 == 0)[0]
     bass_pitch = 36 + tonic + _degree_to_semitone(

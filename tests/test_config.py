@@ -39,7 +39,7 @@ def test_quick_preset_records_its_deviations_and_fits_the_model():
     assert len(cfg.deviations) >= 4 and any("mel" in d for d in cfg.deviations)
     assert cfg.meta.outer_lr == cfg.train.lr and cfg.meta.meta_steps == cfg.train.steps
     over = cfg.model_overrides()
-    assert over["n_mels"] == cfg.mel.n_mels == 32 and over["n_frames"] == 26 and over["use_global_encoder"] is False
+    assert over["n_mels"] == cfg.mel.n_mels == 96 and over["n_frames"] == 26 and over["use_global_encoder"] is False
 
 
 def test_strategy_defaults_follow_the_mode():
@@ -59,7 +59,7 @@ def test_json_round_trip(tmp_path):
     back = RunConfig.load(tmp_path / "config.json")
     assert back.to_dict() == cfg.to_dict()
     assert back.eval.kshots == (1, 3) and isinstance(back.train, TrainConfig)
-    assert back.mel.n_mels == 32 and back.model_config == {"d_model": 32}
+    assert back.mel.n_mels == 96 and back.model_config == {"d_model": 32}
     back.deviations.append("a note")  # descriptive only: not part of what makes two runs the same
     assert back.settings() == cfg.settings() and "deviations" not in cfg.settings()
     back.train.lr = 0.5
@@ -98,3 +98,13 @@ def test_unknown_preset_and_model():
     with pytest.raises(UserError, match="model"):
         RunConfig(model="transformerxl").model_overrides()
     assert EvalConfig().kshots == (1, 2, 4, 8)
+
+
+def test_inner_params_override_accepts_a_name_or_a_list():
+    cfg = apply_overrides(preset("quick"), ["meta.inner_params=predictor.head"])
+    assert cfg.meta.inner_params == ("predictor.head",)
+    cfg = apply_overrides(cfg, ['meta.inner_params=["predictor", "fusion"]'])
+    assert cfg.meta.inner_params == ("predictor", "fusion")
+    assert apply_overrides(cfg, ["meta.inner_params=all"]).meta.inner_params == ()
+    back = RunConfig.from_dict(json.loads(json.dumps(apply_overrides(cfg, ["meta.inner_params=predictor"]).to_dict())))
+    assert back.meta.inner_params == ("predictor",)

@@ -80,8 +80,11 @@ def meta_grad(model, tasks, cfg, batched):
     return grads_of(model)
 
 
-def hand_meta_grad(model, tasks, steps, lr, second_order):
-    """MAML written out: SGD unrolled on cloned weights of the MLP, plain autograd, no meta.py."""
+def hand_meta_grad(model, tasks, steps, lr, second_order, adapt=(0, 1, 2, 3)):
+    """MAML written out: SGD unrolled on cloned weights of the MLP, plain autograd, no meta.py.
+
+    adapt: indices into (l1.weight, l1.bias, l2.weight, l2.bias) of the weights the inner loop updates.
+    """
     theta = [model.l1.weight, model.l1.bias, model.l2.weight, model.l2.bias]
 
     def f(w, batch):
@@ -92,10 +95,11 @@ def hand_meta_grad(model, tasks, steps, lr, second_order):
     for support, query in tasks:
         w = [t.clone() for t in theta]
         for _ in range(steps):
-            g = torch.autograd.grad(f(w, support), w, create_graph=second_order)
+            g = torch.autograd.grad(f(w, support), [w[i] for i in adapt], create_graph=second_order)
             if not second_order:
                 g = [x.detach() for x in g]
-            w = [wi - lr * gi for wi, gi in zip(w, g)]
+            for i, gi in zip(adapt, g):
+                w[i] = w[i] - lr * gi
         total = total + f(w, query)
     grads = torch.autograd.grad(total / len(tasks), theta)
     return dict(zip(["l1.weight", "l1.bias", "l2.weight", "l2.bias"], grads))
@@ -117,6 +121,29 @@ def test_meta_gradient_matches_hand_unrolled_maml(steps, second_order):
     want = hand_meta_grad(model, tasks, steps, 0.3, second_order)
     assert_close(meta_grad(model, tasks, cfg, batched=False), want)
     assert_close(meta_grad(model, tasks, cfg, batched=True), want)
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_inner_params_adapts_only_named_layers_and_meta_learns_all(second_order):
+    """ANIL-style inner loop (meta.inner_params): the meta-gradient still matches the hand-unrolled one."""
+    torch.manual_seed(0)
+    model = MLP().double()
+    tasks = make_tasks()
+    cfg = meta.MetaConfig(inner_steps=3, inner_lr=0.3, first_order=not second_order, inner_params=("l2",))
+    want = hand_meta_grad(model, tasks, 3, 0.3, second_order, adapt=(2, 3))
+    assert_close(meta_grad(model, tasks, cfg, batched=False), want)
+    assert_close(meta_grad(model, tasks, cfg, batched=True), want)
+    everything = hand_meta_grad(model, tasks, 3, 0.3, second_order)
+    assert (want["l1.weight"] - everything["l1.weight"]).abs().max() > 1e-6  # the subset matters
+    fast = meta.personalize(model, tasks[0][0], cfg)
+    assert torch.equal(fast["l1.weight"], model.l1.weight) and not torch.equal(fast["l2.weight"], model.l2.weight)
+
+
+def test_inner_params_that_match_nothing_is_an_error():
+    model = MLP().double()
+    with pytest.raises(ValueError, match="matches no parameter"):
+        meta.personalize(model, make_tasks()[0][0], meta.MetaConfig(inner_params=("head",)))
+    assert meta.inner_names({"l2.weight": 1, "l20.bias": 2}, ("l2",)) == ["l2.weight"]
 
 
 def test_second_order_differs_from_first_order():
