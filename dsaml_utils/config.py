@@ -227,7 +227,7 @@ QUICK_DEVIATIONS = [
     "3 layers, 16 heads, FFN 2048",
     "MAML: 4 tasks per meta-step, 3 inner steps and 4 query songs instead of 16 / 16 / 15; inner lr 0.03 "
     "instead of 5e-3 (chosen among 0.01 / 0.03 / 0.1 by the validation listeners' adapted score, seed 0)",
-    "optimisation: 200 updates at lr 1e-3 instead of 2000 at 5e-5; mode dmer uses 16 windows per update "
+    "optimisation: 400 updates at lr 1e-3 instead of 2000 at 5e-5; mode dmer uses 16 windows per update "
     "(= 4 tasks x 4 query songs of a meta-step, so both modes see the same labelled windows per update)",
 ]
 
@@ -240,7 +240,7 @@ def quick_config(**kw) -> RunConfig:
         root="data/synthetic",
         mel=MelConfig(sample_rate=16000, n_mels=96, hop_ms=20.0),
         encoder="none",
-        train=TrainConfig(steps=200, batch_size=16, lr=1e-3, eval_every=25, checkpoint_every=25, val_fraction=0.15),
+        train=TrainConfig(steps=400, batch_size=16, lr=1e-3, eval_every=25, checkpoint_every=25, val_fraction=0.15),
         meta=MetaConfig(inner_lr=3e-2, inner_steps=3, tasks_per_step=4, query_songs=4),
         eval=EvalConfig(kshots=(1, 2, 4, 8), draws=4),
         deviations=list(QUICK_DEVIATIONS),

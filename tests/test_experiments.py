@@ -83,6 +83,13 @@ def test_run_experiment_trains_reuses_and_saves(tiny_ds, tiny_root, tiny_cache, 
     k, kres, _ = X.run_experiment("kshot", base, [0], tmp_path / "exp", progress=False, ds=tiny_ds)
     assert kres["DSAML"][0]["created"] == results["DSAML (MAML, personalized tasks)"][0]["created"]
     assert set(k.index.get_level_values("k")) == {1, 4}
+    # the MAML row started from the no-MAML row's run of the same seed
+    for seed in (0, 1):
+        maml = json.loads((tmp_path / "exp" / "dsaml-pdmer-personalized-from-dsaml-dmer-traditional" / f"seed{seed}"
+                           / "config.json").read_text())
+        assert maml["init"] == str(tmp_path / "exp" / "dsaml-dmer-traditional" / f"seed{seed}")
+    with pytest.raises(UserError, match="not in this experiment"):
+        X.run_specs([X.RunSpec("a", init_from="b")], base, [0], tmp_path / "bad", progress=False, ds=tiny_ds)
     with pytest.raises(UserError, match="unknown experiment"):
         X.run_experiment("table9", base, [0], tmp_path / "exp", progress=False, ds=tiny_ds)
 
