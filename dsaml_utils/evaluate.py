@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from dsaml_utils.config import RunConfig
 from dsaml_utils.data import HOP_SECONDS, MEAN, Curve, MusicDataset, Song, is_flat, load_dataset
+from dsaml_utils.audio import audio_digest
 from dsaml_utils.errors import DataError, UserError
 from dsaml_utils.features import FeatureCache
 from dsaml_utils.metrics import DIMENSIONS, aggregate_seeds, aggregate_songs, score_song
@@ -67,7 +68,7 @@ _EVAL_STREAM = 11
 
 def data_fingerprint(ds: MusicDataset) -> str:
     """sha256 of the annotation files under the dataset root (CSV files below a folder named *annotation*;
-    every CSV when there is none) plus the song ids of the train and test splits."""
+    every CSV when there is none), the song ids of the train and test splits, and each song's audio bytes."""
     root = Path(ds.root)
     files = sorted(p for p in root.rglob("*.csv") if any("annotation" in part.lower()
                                                            for part in p.relative_to(root).parts[:-1]))
@@ -78,6 +79,10 @@ def data_fingerprint(ds: MusicDataset) -> str:
         h.update(str(p.relative_to(root)).encode() + b"\0")
         h.update(hashlib.sha256(p.read_bytes()).digest())
     h.update(json.dumps({"train": sorted(ds.train_ids), "test": sorted(ds.test_ids)}).encode())
+    for sid in sorted(ds.songs):
+        path = ds.songs[sid].audio_path
+        if path is not None and Path(path).is_file():
+            h.update(f"{sid}\0".encode() + bytes.fromhex(audio_digest(path)))
     return h.hexdigest()
 
 
@@ -262,7 +267,9 @@ def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: Feat
         old = json.loads((run / "metrics.json").read_text())
         stored = {k: v for k, v in old.get("config", {}).items() if k != "deviations"}
         if old.get("model_digest") == model_digest and stored == cfg.settings():
-            return old
+            ds = ds if ds is not None else load_dataset(cfg.dataset, cfg.root)
+            if old.get("data", {}).get("fingerprint") == data_fingerprint(ds):
+                return old
     t0 = time.perf_counter()
     device = resolve_device(cfg.train.device)
     cfg, model = load_run_model(run, device)

@@ -91,7 +91,16 @@ def test_data_fingerprint_follows_the_annotations(tmp_path, tiny_root):
     b = E.data_fingerprint(ds)
     assert b != a
     ds.test_ids = ["2002"]
-    assert E.data_fingerprint(ds) != b
+    c = E.data_fingerprint(ds)
+    assert c != b
+    # the audio counts too: same labels, other sound, other data
+    audio = root / "song.mp3"
+    shutil.copy(next(tiny_root.rglob("*.mp3")), audio)
+    ds.songs = {"2001": Song("2001", audio)}
+    d = E.data_fingerprint(ds)
+    assert d != c
+    audio.write_bytes(audio.read_bytes()[:-100])
+    assert E.data_fingerprint(ds) != d
     assert E.code_version()
 
 
