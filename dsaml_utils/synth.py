@@ -27,9 +27,10 @@ in the ways that make personalization (PDMER) worth doing.
    - consonance vs dissonance: for v < 0 chords gain a clashing voice (a minor second above the root,
      plus a tritone below v = -0.4) and detuned partner voices that beat (roughness), all growing with -v;
    - register: melody and chords move up to 6 scale steps up at v = 1 and down at v = -1.
-   (With 3 scale steps and half as loud dissonant voices, valence was hard to hear: a ridge probe on pooled
+   (With 3 scale steps and quieter dissonant voices, valence was hard to hear: a ridge probe on pooled
    96-band log-mel slices reached CCC 0.54 against the true valence on the test songs, 0.75 now, with the
-   arousal probe at 0.92. The labels did not change: the audio uses no extra random draws.)
+   arousal probe at 0.92; see docs/audio_probe.py. The labels did not change: the audio uses no extra
+   random draws.)
    Each section letter owns a 4-chord progression and an 8-note melodic motif, so a returning section
    sounds like its first occurrence. Kick drum on every beat, bass on the chord root; the mix is
    soft-clipped with tanh and written as MP3 by libsndfile (same seed, same bytes).
