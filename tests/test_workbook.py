@@ -201,6 +201,7 @@ def test_session_run_config_presets_and_threads(tmp_path, monkeypatch):
     assert any(d.startswith("smoke:") for d in cfg.deviations)
     q = _session(tmp_path, "quick").run_config()
     assert q.train.steps == workbook.QUICK_RUN["train.steps"] and q.eval.draws == workbook.QUICK_RUN["eval.draws"]
+    assert q.mel.n_mels == workbook.QUICK_RUN["mel.n_mels"] == q.model_overrides()["n_mels"]
     assert q.cache_dir == str(workbook.REPO / "data" / "cache")
     assert any(d.startswith("workbook:") for d in q.deviations)
     assert not any(d.startswith("smoke:") for d in q.deviations)
