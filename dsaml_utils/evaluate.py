@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dsaml_utils.audio import audio_digest
 from dsaml_utils.config import RunConfig
 from dsaml_utils.data import HOP_SECONDS, MEAN, Curve, MusicDataset, Song, is_flat, load_dataset
-from dsaml_utils.audio import audio_digest
 from dsaml_utils.errors import DataError, UserError
 from dsaml_utils.features import FeatureCache
 from dsaml_utils.metrics import DIMENSIONS, aggregate_seeds, aggregate_songs, score_song
