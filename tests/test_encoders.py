@@ -76,16 +76,21 @@ def write_onnx(path, tensors: dict, styles: dict | None = None) -> None:
     path.write_bytes(_field(1, 10, wire=0) + _field(2, b"pytorch") + _field(7, graph))
 
 
-def write_vibenet_onnx(path, seed=0) -> EfficientNetB0:
-    """A vibenet-like ONNX file: random EfficientNet-B0 weights named backbone.*, plus head weights."""
-    torch.manual_seed(seed)
-    model = EfficientNetB0()
+def randomize_stats(model) -> None:
+    """Non-trivial BatchNorm statistics and biases, in place (a fresh model's are 1 / 0)."""
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if name.endswith("running_var"):
                 t.uniform_(0.5, 1.5)
             elif name.endswith(("running_mean", "bias")):
                 t.normal_(0, 0.1)
+
+
+def write_vibenet_onnx(path, seed=0) -> EfficientNetB0:
+    """A vibenet-like ONNX file: random EfficientNet-B0 weights named backbone.*, plus head weights."""
+    torch.manual_seed(seed)
+    model = EfficientNetB0()
+    randomize_stats(model)
     tensors = {f"backbone.{k}": v.numpy() for k, v in model.state_dict().items() if "num_batches" not in k}
     tensors["trunk.0.weight"] = np.ones(1280, np.float32)
     tensors["val_482"] = np.array([1, 1280], np.int64)
@@ -147,12 +152,7 @@ _TORCH_LAYERS = (["input_bn", "timbral.0", "timbral_bn.0", "timbral.1", "timbral
 def random_musicnn(seed=0) -> Musicnn:
     torch.manual_seed(seed)
     model = Musicnn()
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if name.endswith("running_var"):
-                t.uniform_(0.5, 1.5)
-            elif name.endswith(("running_mean", "bias")):
-                t.normal_(0, 0.1)
+    randomize_stats(model)
     return model.eval()
 
 
