@@ -21,10 +21,12 @@ import argparse
 
 import numpy as np
 
-from dsaml_utils.data import MEAN, load_dataset
-from dsaml_utils.features import FeatureCache, MelConfig, song_features
+from dsaml_utils.data.registry import load_dataset
+from dsaml_utils.data.synthetic.analysis import load_truth
+from dsaml_utils.data.types import MEAN
+from dsaml_utils.features.cache import FeatureCache, song_features
+from dsaml_utils.features.mel import MelConfig
 from dsaml_utils.metrics import ccc
-from dsaml_utils.synth import load_truth
 
 
 def slice_features(mel: np.ndarray, context: int = 9) -> np.ndarray:

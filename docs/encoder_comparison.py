@@ -19,11 +19,18 @@ import time
 import numpy as np
 import torch
 
-from dsaml_utils.data import MEAN, load_dataset
-from dsaml_utils.encoders import (GlobalEncoder, ImageBindEncoder, MusicnnEncoder, dataset_embeddings, get_encoder,
-                                  song_excerpt)
-from dsaml_utils.features import FeatureCache
-from dsaml_utils.imagebind import ImageBindAudio
+from dsaml_utils.data.registry import load_dataset
+from dsaml_utils.data.types import MEAN
+from dsaml_utils.encoders.imagebind import ImageBindAudio
+from dsaml_utils.encoders.registry import (
+    GlobalEncoder,
+    ImageBindEncoder,
+    MusicnnEncoder,
+    dataset_embeddings,
+    get_encoder,
+    song_excerpt,
+)
+from dsaml_utils.features.cache import FeatureCache
 
 
 class MelStats(GlobalEncoder):
@@ -114,7 +121,11 @@ def check_against_onnxruntime(repeats: int = 5) -> None:
     import onnx
     import onnxruntime as ort
 
-    from dsaml_utils.encoders import find_vibenet_onnx, load_vibenet_backbone, vibenet_mel
+    from dsaml_utils.encoders import (
+        find_vibenet_onnx,
+        load_vibenet_backbone,
+        vibenet_mel,
+    )
 
     path = find_vibenet_onnx()
     graph = onnx.load(str(path))
@@ -151,10 +162,10 @@ def check_against_onnxruntime(repeats: int = 5) -> None:
 def check_musicnn_against_tensorflow() -> None:
     """Our musicnn port vs musicnn's own TF1 graph code (needs tensorflow-cpu and tf-keras; TF_USE_LEGACY_KERAS=1)."""
     import tensorflow as tf
+    from dsaml_utils.music_encoders import load_musicnn, musicnn_patches
     from musicnn import models  # the wheel's graph definition, which imports TensorFlow
 
     from dsaml_utils.encoders import find_musicnn_checkpoint
-    from dsaml_utils.music_encoders import load_musicnn, musicnn_patches
 
     tf.compat.v1.disable_eager_execution()
     t = np.arange(16000 * 10) / 16000

@@ -228,3 +228,8 @@ def dsaml_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | No
     mp, mt, vp, vt, cov, w, n = _moments(pred, target, mask)
     score = (_ccc(mp, mt, vp, vt, cov) + _pcc(vp, vt, cov) + 1 - _rmse(pred, target, w, n)) / 3
     return 1 - score.mean()
+
+
+def mean_ccc(scores: list[dict[str, float]]) -> float:
+    """Mean over songs of the mean of arousal and valence CCC (the validation score)."""
+    return float(np.mean([np.mean([s[f"{d}_ccc"] for d in DIMENSIONS]) for s in scores]))

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dsaml_utils.audio import audio_digest, load_audio, slice_audio
 from dsaml_utils.errors import DataError
+from dsaml_utils.features.audio import load_audio, slice_audio
+from dsaml_utils.io.provenance import audio_digest
 
 
 def tone(freq, seconds, sr, amp=0.5):

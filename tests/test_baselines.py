@@ -1,4 +1,4 @@
-"""Tests for dsaml_utils.baselines: shared helpers, every baseline's forward/backward, padding, sizes."""
+"""Tests for dsaml_utils.models.baselines: shared helpers, every baseline's forward/backward, padding, sizes."""
 
 from __future__ import annotations
 
@@ -6,10 +6,18 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from dsaml_utils.baselines import (BASELINES, BiRNN, CRNNConfig, FrameBiLSTMConfig, count_parameters, per_step,
-                                   require, reverse_padded, step_mask)
 from dsaml_utils.errors import UserError
-from dsaml_utils.model import build_model, example_batch
+from dsaml_utils.meta.batched import vmap_ready
+from dsaml_utils.models.baselines import BASELINES, CRNNConfig, FrameBiLSTMConfig
+from dsaml_utils.models.layers import (
+    BiRNN,
+    count_parameters,
+    per_step,
+    require,
+    reverse_padded,
+    step_mask,
+)
+from dsaml_utils.models.registry import build_model, example_batch
 
 SMALL_MEL = {"crnn": {"n_mels": 32}, "damff": {"n_mels": 32}}  # keeps the 2-D conv baselines cheap in tests
 
@@ -148,14 +156,13 @@ def test_runs_under_vmap_over_padded_tasks(name):
     # the meta-learner maps models over tasks with torch.func.vmap (its vmap_ready swaps in plain-op RNNs)
     from torch.func import functional_call, vmap
 
-    from dsaml_utils import meta
 
     model = quick(name).eval()
     tasks = [example_batch(model, 5, 1, seed=s) for s in (1, 2)]
     tasks[1]["mask"][0, 3:] = False
     stacked = {k: torch.stack([t[k] for t in tasks]) for k in tasks[0]}
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-    with meta.vmap_ready(model):
+    with vmap_ready(model):
         preds = vmap(lambda b: functional_call(model, (params, buffers), (b,))["pred"])(stacked)
     with torch.no_grad():
         for i, t in enumerate(tasks):

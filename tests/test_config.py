@@ -4,8 +4,14 @@ import json
 
 import pytest
 
-from dsaml_utils.config import EvalConfig, RunConfig, TrainConfig, apply_overrides, preset
 from dsaml_utils.errors import UserError
+from dsaml_utils.training.config import (
+    EvalConfig,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    preset,
+)
 
 
 def test_paper_preset_holds_the_papers_values(monkeypatch, tmp_path):

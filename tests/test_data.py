@@ -6,23 +6,31 @@ import warnings
 
 import numpy as np
 import pytest
-from fixtures import FLAT, WORKERS, write_audio, write_corrupt, write_deam_fixture, write_pmemo_fixture
+from fixtures import (
+    FLAT,
+    WORKERS,
+    write_audio,
+    write_corrupt,
+    write_deam_fixture,
+    write_pmemo_fixture,
+)
 
-from dsaml_utils.data import (
+from dsaml_utils.data.files import (
+    attach_audio,
+    audio_problem,
+    parse_floats,
+    read_csv_grid,
+)
+from dsaml_utils.data.registry import load_dataset
+from dsaml_utils.data.summary import format_summary, summarize
+from dsaml_utils.data.types import (
     MEAN,
     Curve,
     MusicDataset,
     Song,
     TaskFilter,
-    attach_audio,
-    audio_problem,
-    format_summary,
     is_flat,
-    load_dataset,
-    parse_floats,
     personalized_tasks,
-    read_csv_grid,
-    summarize,
 )
 from dsaml_utils.errors import DataError, UserError
 

@@ -6,10 +6,22 @@ import warnings
 
 import numpy as np
 import pytest
-from fixtures import ANON_ROWS, DEAM_RATER, FLAT, SHORT_RATER, WORKERS, write_deam_fixture
+from fixtures import (
+    ANON_ROWS,
+    DEAM_RATER,
+    FLAT,
+    SHORT_RATER,
+    WORKERS,
+    write_deam_fixture,
+)
 
-from dsaml_utils.data import MEAN
-from dsaml_utils.deam import check_static_swap, load_deam, read_rater_file, sample_seconds
+from dsaml_utils.data.deam import (
+    check_static_swap,
+    load_deam,
+    read_rater_file,
+    sample_seconds,
+)
+from dsaml_utils.data.types import MEAN
 from dsaml_utils.errors import DataError
 
 W1, W2, W3 = WORKERS

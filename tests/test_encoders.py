@@ -7,9 +7,18 @@ import pytest
 import soundfile as sf
 import torch
 
-from dsaml_utils import cli, encoders, imagebind
-from dsaml_utils.data import MEAN, Curve, MusicDataset, Song
-from dsaml_utils.encoders import (
+import dsaml_utils.encoders.registry as encoder_registry
+from dsaml_utils import cli
+from dsaml_utils.data.types import MEAN, Curve, MusicDataset, Song
+from dsaml_utils.encoders.imagebind import (
+    CHECKPOINT_ENV,
+    CHECKPOINT_URL,
+    ImageBindAudioConfig,
+)
+from dsaml_utils.encoders.registry import (
+    ENCODER_DIMS,
+    MUSICNN_ENV,
+    VIBENET_ENV,
     GlobalEncoder,
     MusicnnEncoder,
     NoEncoder,
@@ -23,9 +32,7 @@ from dsaml_utils.encoders import (
     get_encoder,
     song_excerpt,
 )
-from dsaml_utils.errors import DataError, UserError
-from dsaml_utils.features import FeatureCache
-from dsaml_utils.music_encoders import (
+from dsaml_utils.encoders.taggers import (
     EfficientNetB0,
     Musicnn,
     load_musicnn,
@@ -36,6 +43,8 @@ from dsaml_utils.music_encoders import (
     slaney_mel_filterbank,
     vibenet_mel,
 )
+from dsaml_utils.errors import DataError, UserError
+from dsaml_utils.features.cache import FeatureCache
 
 # ---------------------------------------------------------------------------------------------------
 # A tiny protobuf writer, to build ONNX files in the layout vibenet's exporter produced
@@ -251,7 +260,7 @@ def test_read_onnx_initializers(tmp_path):
 
 def test_vibenet_encoder_loads_onnx_weights_and_embeds(vibenet_file, tmp_path, monkeypatch):
     path, model = vibenet_file
-    monkeypatch.setenv(encoders.VIBENET_ENV, str(path))
+    monkeypatch.setenv(VIBENET_ENV, str(path))
     enc = get_encoder("vibenet")
     assert isinstance(enc, VibeNetEncoder) and (enc.dim, enc.sample_rate) == (1280, 16000)
     assert enc.identity == file_identity(path)
@@ -268,18 +277,18 @@ def test_vibenet_encoder_loads_onnx_weights_and_embeds(vibenet_file, tmp_path, m
 
 
 def test_find_vibenet_onnx_errors(tmp_path, monkeypatch):
-    monkeypatch.setenv(encoders.VIBENET_ENV, str(tmp_path / "missing.onnx"))
+    monkeypatch.setenv(VIBENET_ENV, str(tmp_path / "missing.onnx"))
     with pytest.raises(UserError, match="missing.onnx.*pip install --no-deps vibenet==0.1.0"):
         find_vibenet_onnx()
-    monkeypatch.delenv(encoders.VIBENET_ENV)
-    monkeypatch.setattr(encoders.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delenv(VIBENET_ENV)
+    monkeypatch.setattr(encoder_registry.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="not installed.*--encoder none"):
         find_vibenet_onnx()
     pkg = tmp_path / "site" / "vibenet"
     (pkg / "artifacts").mkdir(parents=True)
     (pkg / "artifacts" / "efficientnet_model.onnx").write_bytes(b"x")
     spec = type("Spec", (), {"submodule_search_locations": [str(pkg)]})()
-    monkeypatch.setattr(encoders.importlib.util, "find_spec", lambda name: spec)
+    monkeypatch.setattr(encoder_registry.importlib.util, "find_spec", lambda name: spec)
     assert find_vibenet_onnx() == pkg / "artifacts" / "efficientnet_model.onnx"
 
 
@@ -289,7 +298,7 @@ def test_find_vibenet_onnx_errors(tmp_path, monkeypatch):
 
 def test_get_encoder_and_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(imagebind.CHECKPOINT_ENV, raising=False)
+    monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
     none = get_encoder("none")
     assert isinstance(none, NoEncoder) and none.dim == 0 and none.embed(np.zeros(10)).shape == (0,)
     with pytest.raises(UserError, match="unknown encoder 'clap'"):
@@ -298,15 +307,17 @@ def test_get_encoder_and_default(tmp_path, monkeypatch):
         get_encoder("imagebind")
     assert default_encoder_name() == "musicnn"
     assert default_encoder_name("some/imagebind_huge.pth") == "imagebind"
-    monkeypatch.setenv(imagebind.CHECKPOINT_ENV, "x.pth")
+    monkeypatch.setenv(CHECKPOINT_ENV, "x.pth")
     assert default_encoder_name() == "imagebind"
 
 
 def test_imagebind_encoder_from_checkpoint(tmp_path):
-    from test_imagebind import write_official_checkpoint  # tests/ is on sys.path under pytest
+    from test_imagebind import (
+        write_official_checkpoint,  # tests/ is on sys.path under pytest
+    )
 
     path = tmp_path / "imagebind_audio.pth"
-    write_official_checkpoint(path, imagebind.ImageBindAudioConfig(embed_dim=64, depth=1, num_heads=1, out_dim=48))
+    write_official_checkpoint(path, ImageBindAudioConfig(embed_dim=64, depth=1, num_heads=1, out_dim=48))
     enc = get_encoder("imagebind", path)
     assert (enc.name, enc.dim, enc.sample_rate) == ("imagebind", 48, 16000)
     z = enc.embed(np.random.default_rng(0).standard_normal(16000 * 3).astype(np.float32))
@@ -354,8 +365,8 @@ def test_song_excerpt_and_dataset_embeddings(tmp_path):
 
 
 def test_cli_embed(tmp_path, musicnn_dir, monkeypatch, capsys):
-    monkeypatch.setenv(encoders.MUSICNN_ENV, str(musicnn_dir[0]))
-    monkeypatch.delenv(imagebind.CHECKPOINT_ENV, raising=False)
+    monkeypatch.setenv(MUSICNN_ENV, str(musicnn_dir[0]))
+    monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     a, b = write_wav(tmp_path / "a.wav", 1.0), write_wav(tmp_path / "b.wav", 1.5)
     out = tmp_path / "emb.npy"
@@ -370,7 +381,7 @@ def test_cli_embed(tmp_path, musicnn_dir, monkeypatch, capsys):
     assert cli.main(["embed", str(a), "--out", str(out), "--no-cache"]) == 2  # default 15 s start > 1 s file
     assert "a.wav" in capsys.readouterr().err
     assert cli.main(["embed", str(a), "--encoder", "imagebind", "--out", str(out)]) == 2
-    assert imagebind.CHECKPOINT_URL in capsys.readouterr().err
+    assert CHECKPOINT_URL in capsys.readouterr().err
 
 
 def test_file_identity_follows_content(tmp_path):
@@ -438,10 +449,10 @@ def test_musicnn_model_layout_and_loading(musicnn_dir, tmp_path):
 
 def test_musicnn_encoder(musicnn_dir, monkeypatch):
     folder, model = musicnn_dir
-    monkeypatch.setenv(encoders.MUSICNN_ENV, str(folder))
+    monkeypatch.setenv(MUSICNN_ENV, str(folder))
     enc = get_encoder("musicnn")
     assert isinstance(enc, MusicnnEncoder) and (enc.dim, enc.sample_rate) == (1506, 16000)
-    assert enc.dim == encoders.ENCODER_DIMS["musicnn"] and encoders.VibeNetEncoder.dim == encoders.ENCODER_DIMS["vibenet"]
+    assert enc.dim == ENCODER_DIMS["musicnn"] and VibeNetEncoder.dim == ENCODER_DIMS["vibenet"]
     wave = np.random.default_rng(0).standard_normal(16000 * 7).astype(np.float32) * 0.1
     z = enc.embed(wave)
     with torch.no_grad():
@@ -455,24 +466,24 @@ def test_musicnn_encoder(musicnn_dir, monkeypatch):
 
 
 def test_find_musicnn_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setenv(encoders.MUSICNN_ENV, str(tmp_path))
+    monkeypatch.setenv(MUSICNN_ENV, str(tmp_path))
     with pytest.raises(UserError, match="no musicnn checkpoint.*pip install --no-deps musicnn==0.1.0"):
         find_musicnn_checkpoint()
-    monkeypatch.delenv(encoders.MUSICNN_ENV)
-    monkeypatch.setattr(encoders.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delenv(MUSICNN_ENV)
+    monkeypatch.setattr(encoder_registry.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="not installed"):
         find_musicnn_checkpoint()
     (tmp_path / "musicnn" / "MSD_musicnn").mkdir(parents=True)
     (tmp_path / "musicnn" / "MSD_musicnn" / ".index").write_bytes(b"x")
     spec = type("Spec", (), {"submodule_search_locations": [str(tmp_path / "musicnn")]})()
-    monkeypatch.setattr(encoders.importlib.util, "find_spec", lambda name: spec)
+    monkeypatch.setattr(encoder_registry.importlib.util, "find_spec", lambda name: spec)
     assert find_musicnn_checkpoint() == tmp_path / "musicnn" / "MSD_musicnn"
 
 
 def test_installed_musicnn_weights_reproduce_tensorflow(monkeypatch):
     """The real MSD checkpoint (installed by `make venv` from requirements-weights.txt) through our port gives
     the logits that musicnn's own TensorFlow graph gives (TensorFlow 2.21, legacy Keras, same input)."""
-    monkeypatch.delenv(encoders.MUSICNN_ENV, raising=False)
+    monkeypatch.delenv(MUSICNN_ENV, raising=False)
     t = np.arange(16000 * 3) / 16000
     wave = (0.4 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 1500 * t) * (t % 0.5 < 0.1)).astype(np.float32)
     model = load_musicnn(f"{find_musicnn_checkpoint()}/")

@@ -7,15 +7,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
-from dsaml_utils import evaluate as E
-from dsaml_utils import train as T
-from dsaml_utils.cli import main as cli_main
-from dsaml_utils.data import MEAN, Curve, MusicDataset, Song, TaskFilter
-from dsaml_utils.errors import DataError
-from dsaml_utils.features import FeatureCache
-from dsaml_utils.synth import AUDIO_DIR, TRUTH_DIR
 from test_train import one_thread, tiny_cache, tiny_config, tiny_ds, tiny_root  # noqa: F401 (fixtures)
+
+from dsaml_utils.cli import main as cli_main
+from dsaml_utils.data.registry import data_fingerprint
+from dsaml_utils.data.synthetic.config import AUDIO_DIR, TRUTH_DIR
+from dsaml_utils.data.types import MEAN, Curve, MusicDataset, Song, TaskFilter
+from dsaml_utils.errors import DataError
+from dsaml_utils.evaluation.curves import read_curve_csv, write_curve_csv
+from dsaml_utils.evaluation.protocols import held_out_listeners
+from dsaml_utils.evaluation.report import format_metrics
+from dsaml_utils.evaluation.results import combine_runs
+from dsaml_utils.evaluation.run import evaluate_run
+from dsaml_utils.features.cache import FeatureCache
+from dsaml_utils.features.songs import SongData, align_curve
+from dsaml_utils.io.provenance import code_version, file_digest
+from dsaml_utils.models.inference import predict_song
+from dsaml_utils.training.trainer import train
 
 
 class StepEcho(nn.Module):
@@ -31,10 +39,10 @@ class StepEcho(nn.Module):
 def test_predict_song_averages_windows_over_every_step():
     T_ = 23
     mel = np.random.default_rng(0).normal(size=(T_, 3, 2)).astype(np.float32)
-    sd = T.SongData("s", 0.5 * np.arange(T_), {"mel": mel}, {MEAN: np.zeros((T_, 2), np.float32)})
+    sd = SongData("s", 0.5 * np.arange(T_), {"mel": mel}, {MEAN: np.zeros((T_, 2), np.float32)})
     want = mel.mean(axis=(1, 2))
     for window, hop in ((8, 3), (8, 8), (30, 5), (8, 50)):
-        pred = T.predict_song(StepEcho(), sd, window, hop)
+        pred = predict_song(StepEcho(), sd, window, hop)
         assert pred.shape == (T_, 2)
         assert np.allclose(pred[:, 0], want, atol=1e-6) and np.allclose(pred[:, 1], 2 * want, atol=1e-6)
 
@@ -51,76 +59,76 @@ def test_held_out_listeners_are_unseen_and_not_flat():
 
     songs = {"1": song("1", ["seen"]), "2": song("2", ["seen", "new", "flat"]), "3": song("3", ["new"])}
     ds = MusicDataset("x", ".", songs, ["1"], ["2", "3"], (-1, 1))
-    store = {s: T.SongData(s, t, {}, {k: T.align_curve(c, t) for k, c in songs[s].curves.items()})
+    store = {s: SongData(s, t, {}, {k: align_curve(c, t) for k, c in songs[s].curves.items()})
              for s in songs}
     cfg = tiny_config(".", ".")
     cfg.tasks = TaskFilter(min_songs=1, flat_threshold=0.01, flat_window=60)
-    got, notes = E.held_out_listeners(ds, store, ["1"], ["2", "3"], cfg)
+    got, notes = held_out_listeners(ds, store, ["1"], ["2", "3"], cfg)
     assert got == {"new": ["2", "3"]} and notes == []
     ds.songs["1"] = song("1", ["seen", "new"])  # now nobody on the test songs is unseen
-    got, notes = E.held_out_listeners(ds, store, ["1"], ["2", "3"], cfg)
+    got, notes = held_out_listeners(ds, store, ["1"], ["2", "3"], cfg)
     assert got == {"new": ["2", "3"], "seen": ["2"]} and "seen in training" in notes[0]
 
 
 def test_read_curve_csv_and_its_errors(tmp_path):
     p = tmp_path / "c.csv"
     p.write_text("time,arousal,valence\n15.0,0.1,-0.2\n15.5,0.2,-0.1\n16.0,0.3,0.0\n")
-    c = E.read_curve_csv(p)
+    c = read_curve_csv(p)
     assert c.times.tolist() == [15.0, 15.5, 16.0] and c.valence.tolist() == pytest.approx([-0.2, -0.1, 0.0])
-    E.write_curve_csv(tmp_path / "d.csv", c.times, c.values())
-    assert np.allclose(E.read_curve_csv(tmp_path / "d.csv").values(), c.values(), atol=1e-4)
+    write_curve_csv(tmp_path / "d.csv", c.times, c.values())
+    assert np.allclose(read_curve_csv(tmp_path / "d.csv").values(), c.values(), atol=1e-4)
     cases = {"time,arousal\n0,1\n": "header", "time,arousal,valence\n0,1,x\n": "line 2",
              "time,arousal,valence\n0,1,1\n1.0,1,1\n": "0.5 s", "": "empty", "time,arousal,valence\n": "no curve"}
     for text, msg in cases.items():
         p.write_text(text)
         with pytest.raises(DataError, match=msg) as err:
-            E.read_curve_csv(p)
+            read_curve_csv(p)
         assert "c.csv" in str(err.value)
     with pytest.raises(DataError, match="not found"):
-        E.read_curve_csv(tmp_path / "missing.csv")
+        read_curve_csv(tmp_path / "missing.csv")
 
 
 def test_data_fingerprint_follows_the_annotations(tmp_path, tiny_root):
     root = tmp_path / "copy"
     shutil.copytree(tiny_root / "DEAM_Annotations", root / "DEAM_Annotations")
     ds = MusicDataset("synthetic", root, {}, ["2", "3"], ["2001"], (-1, 1))
-    a = E.data_fingerprint(ds)
-    assert a == E.data_fingerprint(ds) and len(a) == 64
+    a = data_fingerprint(ds)
+    assert a == data_fingerprint(ds) and len(a) == 64
     f = next((root / "DEAM_Annotations").rglob("arousal.csv"))
     f.write_text(f.read_text() + "\n")
-    b = E.data_fingerprint(ds)
+    b = data_fingerprint(ds)
     assert b != a
     ds.test_ids = ["2002"]
-    c = E.data_fingerprint(ds)
+    c = data_fingerprint(ds)
     assert c != b
     # the audio counts too: same labels, other sound, other data
     audio = root / "song.mp3"
     shutil.copy(next(tiny_root.rglob("*.mp3")), audio)
     ds.songs = {"2001": Song("2001", audio)}
-    d = E.data_fingerprint(ds)
+    d = data_fingerprint(ds)
     assert d != c
     audio.write_bytes(audio.read_bytes()[:-100])
-    assert E.data_fingerprint(ds) != d
-    assert E.code_version()
+    assert data_fingerprint(ds) != d
+    assert code_version()
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_ds, tiny_root, tiny_cache, tmp_path_factory):  # noqa: F811
     run = tmp_path_factory.mktemp("evalrun") / "pdmer"
     cfg = tiny_config(tiny_root, tiny_cache, mode="pdmer", extra=["eval.draws=2"])
-    T.train(cfg, run, ds=tiny_ds, cache=FeatureCache(tiny_cache), progress=False)
+    train(cfg, run, ds=tiny_ds, cache=FeatureCache(tiny_cache), progress=False)
     return run
 
 
 def test_metrics_json_keys_and_provenance(tiny_run, tiny_root, tiny_ds, tmp_path):  # noqa: F811
-    m = E.evaluate_run(tiny_run, ds=tiny_ds, progress=False)
+    m = evaluate_run(tiny_run, ds=tiny_ds, progress=False)
     on_disk = json.loads((tiny_run / "metrics.json").read_text())
     for key in ("run", "seed", "config", "data", "code_version", "model_digest", "train", "dmer", "pdmer",
                 "headline", "created"):
         assert key in on_disk, key
     assert on_disk["seed"] == 0 and on_disk["config"]["mode"] == "pdmer"
-    assert on_disk["data"]["fingerprint"] == E.data_fingerprint(tiny_ds)
-    assert on_disk["model_digest"] == E.file_digest(tiny_run / "model.pt")
+    assert on_disk["data"]["fingerprint"] == data_fingerprint(tiny_ds)
+    assert on_disk["model_digest"] == file_digest(tiny_run / "model.pt")
     # DMER: every test song, all five metrics per dimension with a 95% interval
     assert [r["song_id"] for r in m["dmer"]["per_song"]] == tiny_ds.test_ids
     s = m["dmer"]["summary"]["arousal_ccc"]
@@ -151,13 +159,13 @@ def test_metrics_json_keys_and_provenance(tiny_run, tiny_root, tiny_ds, tmp_path
     assert set(m["headline"]) == {"dmer", "pdmer", "pdmer_no_adaptation", "pdmer_same_song",
                                   "pdmer_same_song_no_adaptation"}
     # reuse returns the stored file; a changed model.pt forces recomputation
-    assert E.evaluate_run(tiny_run, ds=tiny_ds, progress=False, reuse=True)["created"] == on_disk["created"]
+    assert evaluate_run(tiny_run, ds=tiny_ds, progress=False, reuse=True)["created"] == on_disk["created"]
     copy = tmp_path / "copy"
     shutil.copytree(tiny_run, copy)
     state = torch.load(copy / "model.pt", weights_only=True)
     state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
     torch.save(state, copy / "model.pt")
-    again = E.evaluate_run(copy, ds=tiny_ds, progress=False, reuse=True)
+    again = evaluate_run(copy, ds=tiny_ds, progress=False, reuse=True)
     assert again["model_digest"] != on_disk["model_digest"] and again["run"] == str(copy)
 
 
@@ -166,11 +174,11 @@ def test_combine_runs_gives_mean_and_std():
         s = {"arousal_ccc": {"mean": v}, "valence_ccc": {"mean": -v}}
         return {"dmer": {"summary": s}, "pdmer": {"kshot": {"1": {"adapted": {"summary": s},
                                                                   "no_adaptation": {"summary": s}}}}}
-    out = E.combine_runs([fake(0.1), fake(0.3)])
+    out = combine_runs([fake(0.1), fake(0.3)])
     assert out["dmer"]["arousal_ccc"]["mean"] == pytest.approx(0.2)
     assert out["pdmer"]["valence_ccc"]["std"] == pytest.approx(np.std([0.1, 0.3], ddof=1))
     assert out["pdmer_no_adaptation"]["arousal_ccc"]["n"] == 2
-    assert "±" in E.format_metrics([fake(0.1), fake(0.3)])
+    assert "±" in format_metrics([fake(0.1), fake(0.3)])
 
 
 def test_evaluate_cli_json(tiny_run, capsys):
@@ -187,14 +195,14 @@ def test_personalize_cli_writes_state_csv_and_png(tiny_run, tiny_root, tiny_ds, 
     song = tiny_ds.songs[tiny_ds.test_ids[0]]
     lst = song.listeners[0]
     curve = tmp_path / "mine.csv"
-    E.write_curve_csv(curve, song.curves[lst].times, song.curves[lst].values())
+    write_curve_csv(curve, song.curves[lst].times, song.curves[lst].values())
     audio = tiny_root / AUDIO_DIR / f"{song.song_id}.mp3"
     other = tiny_root / AUDIO_DIR / f"{tiny_ds.test_ids[1]}.mp3"
     out = tmp_path / "me"
     assert cli_main(["personalize", "--run", str(tiny_run), "--support", str(audio), str(curve),
                      "--predict", str(other), "--out", str(out), "--quiet"]) == 0
     assert "personal.pt" in capsys.readouterr().out
-    pred = E.read_curve_csv(out / f"{other.stem}.csv")
+    pred = read_curve_csv(out / f"{other.stem}.csv")
     last = tiny_ds.songs[other.stem].curves[MEAN].times[-1]  # the song's last 0.5 s slice
     assert pred.times[0] == 0.0 and pred.times[-1] == last and len(pred) == int(last / 0.5) + 1
     assert (out / f"{other.stem}.png").read_bytes()[:4] == b"\x89PNG"

@@ -8,13 +8,26 @@ import pytest
 import soundfile as sf
 import torch
 
-import dsaml_utils.features as F
-from dsaml_utils.audio import load_audio, slice_audio
-from dsaml_utils.data import MEAN, Curve, MusicDataset, Song
+import dsaml_utils.features.cache as feature_cache
+from dsaml_utils.data.types import MEAN, Curve, MusicDataset, Song
 from dsaml_utils.errors import DataError
-from dsaml_utils.features import (FeatureCache, MelConfig, constant_clip_bounds, dataset_features,
-                                  imagebind_clips, kaldi_fbank, kaldi_mel_banks, kaldi_mel_centers,
-                                  log_mel, mel_centers, mel_filterbank, song_features)
+from dsaml_utils.features.audio import load_audio, slice_audio
+from dsaml_utils.features.cache import FeatureCache, dataset_features, song_features
+from dsaml_utils.features.kaldi import (
+    constant_clip_bounds,
+    imagebind_clips,
+    kaldi_fbank,
+    kaldi_mel_banks,
+    kaldi_mel_centers,
+)
+from dsaml_utils.features.mel import (
+    MelConfig,
+    hz_to_mel,
+    log_mel,
+    mel_centers,
+    mel_filterbank,
+    mel_to_hz,
+)
 
 
 def tone(freq, seconds, sr, amp=0.5):
@@ -66,11 +79,11 @@ def test_log_mel_is_per_slice_and_chunking_does_not_matter():
 
 
 def test_htk_mel_scale():
-    assert F.hz_to_mel(700.0) == pytest.approx(2595 * math.log10(2))
+    assert hz_to_mel(700.0) == pytest.approx(2595 * math.log10(2))
     f = np.array([0.0, 440.0, 22050.0])
-    np.testing.assert_allclose(F.mel_to_hz(F.hz_to_mel(f)), f, atol=1e-9)
+    np.testing.assert_allclose(mel_to_hz(hz_to_mel(f)), f, atol=1e-9)
     centres = mel_centers(MelConfig(n_mels=4, f_max=8000.0))
-    assert len(centres) == 4 and np.all(np.diff(F.hz_to_mel(centres)) == pytest.approx(F.hz_to_mel(8000) / 5))
+    assert len(centres) == 4 and np.all(np.diff(hz_to_mel(centres)) == pytest.approx(hz_to_mel(8000) / 5))
 
 
 def test_mel_filterbank_triangles_peak_at_their_centres():
@@ -221,8 +234,8 @@ def test_song_features_values_shapes_and_second_run_computes_nothing(tmp_path, m
     song = make_song(tmp_path / "7.wav")
     cfg = MelConfig()
     decodes = []
-    real_load = F.load_audio
-    monkeypatch.setattr(F, "load_audio", lambda *a, **k: decodes.append(a) or real_load(*a, **k))
+    real_load = feature_cache.load_audio
+    monkeypatch.setattr(feature_cache, "load_audio", lambda *a, **k: decodes.append(a) or real_load(*a, **k))
 
     cache = FeatureCache(tmp_path / "cache")
     out = song_features(song, cfg, cache, wave_sr=16000)

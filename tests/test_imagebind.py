@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from dsaml_utils import cli, imagebind
-from dsaml_utils.errors import UserError
-from dsaml_utils.features import imagebind_clips
-from dsaml_utils.imagebind import (
+from dsaml_utils import cli
+from dsaml_utils.encoders.imagebind import (
+    AUDIO_PREFIXES,
     CHECKPOINT_ENV,
     CHECKPOINT_URL,
+    DEFAULT_CHECKPOINTS,
     DropPath,
     ImageBindAudio,
     ImageBindAudioConfig,
@@ -22,6 +22,9 @@ from dsaml_utils.imagebind import (
     official_state_dict,
     to_official_key,
 )
+from dsaml_utils.encoders.registry import ENCODER_DIMS
+from dsaml_utils.errors import UserError
+from dsaml_utils.features.kaldi import imagebind_clips
 
 SMALL = ImageBindAudioConfig(embed_dim=64, depth=2, num_heads=4)  # same key names as imagebind_huge
 
@@ -79,7 +82,6 @@ def test_full_size_model_has_imagebind_huge_shapes():
     n = sum(p.numel() for p in model.parameters())
     assert 85.5e6 < n < 87e6  # "86 M parameters"
     assert model.cfg.grid == (12, 19)
-    from dsaml_utils.encoders import ENCODER_DIMS
 
     assert model.cfg.out_dim == ENCODER_DIMS["imagebind"]
     state = official_state_dict(model)
@@ -90,7 +92,7 @@ def test_full_size_model_has_imagebind_huge_shapes():
     assert state["modality_trunks.audio.blocks.0.mlp.fc1.weight"].shape == (3072, 768)
     assert state["modality_heads.audio.2.weight"].shape == (1024, 768)
     assert float(state["modality_postprocessors.audio.1.log_logit_scale"].exp()) == pytest.approx(20.0)
-    assert all(k.startswith(imagebind.AUDIO_PREFIXES) for k in state)
+    assert all(k.startswith(AUDIO_PREFIXES) for k in state)
     assert ImageBindAudioConfig.from_state_dict(state) == ImageBindAudioConfig()
 
 
@@ -210,7 +212,7 @@ def test_find_checkpoint_order(tmp_path, monkeypatch):
     default = tmp_path / "data" / "checkpoints" / "imagebind_huge.pth"
     default.parent.mkdir(parents=True)
     default.write_bytes(b"x")
-    assert find_checkpoint() == imagebind.DEFAULT_CHECKPOINTS[1]
+    assert find_checkpoint() == DEFAULT_CHECKPOINTS[1]
     monkeypatch.setenv(CHECKPOINT_ENV, "/env/ib.pth")
     assert str(find_checkpoint()) == "/env/ib.pth"
     assert str(find_checkpoint("given.pth")) == "given.pth"

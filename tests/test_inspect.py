@@ -8,12 +8,13 @@ import pytest
 from fixtures import write_deam_fixture, write_pmemo_fixture
 
 from dsaml_utils import cli
+from dsaml_utils.cli import data as cli_data
 
 
 @pytest.fixture
 def only_inspect(monkeypatch):
-    """Build the CLI with just data.py's subcommand, so these tests do not depend on other stages."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["dsaml_utils.data"])
+    """Build the CLI with just `dsaml inspect`, so these tests do not depend on other stages."""
+    monkeypatch.setattr(cli, "COMMAND_GROUPS", (cli_data,))
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def deam_root(tmp_path_factory):
 
 
 def test_inspect_is_registered():
-    assert "dsaml_utils.data" in cli.COMMAND_MODULES
+    assert cli_data in cli.COMMAND_GROUPS
 
 
 def test_inspect_json(only_inspect, deam_root, capsys):

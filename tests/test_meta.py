@@ -4,8 +4,25 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dsaml_utils import meta
+from dsaml_utils.meta.batched import (
+    meta_loss_batched,
+    meta_optimizer,
+    meta_step,
+    per_task_modules,
+    stack_batches,
+    vmap_ready,
+)
+from dsaml_utils.meta.maml import (
+    MetaConfig,
+    inner_names,
+    meta_loss_loop,
+    personalize,
+    trainable_params,
+)
 from dsaml_utils.metrics import dsaml_loss
+from dsaml_utils.models.dsaml import DSAML, DSAMLConfig
+from dsaml_utils.models.inference import predict_with
+from dsaml_utils.models.registry import example_batch
 
 K = 5  # input features per step
 
@@ -75,7 +92,7 @@ def grads_of(model):
 
 def meta_grad(model, tasks, cfg, batched):
     model.zero_grad(set_to_none=True)
-    fn = meta.meta_loss_batched if batched else meta.meta_loss_loop
+    fn = meta_loss_batched if batched else meta_loss_loop
     fn(model, tasks, cfg).backward()
     return grads_of(model)
 
@@ -117,7 +134,7 @@ def test_meta_gradient_matches_hand_unrolled_maml(steps, second_order):
     torch.manual_seed(0)
     model = MLP().double()
     tasks = make_tasks()
-    cfg = meta.MetaConfig(inner_steps=steps, inner_lr=0.3, first_order=not second_order)
+    cfg = MetaConfig(inner_steps=steps, inner_lr=0.3, first_order=not second_order)
     want = hand_meta_grad(model, tasks, steps, 0.3, second_order)
     assert_close(meta_grad(model, tasks, cfg, batched=False), want)
     assert_close(meta_grad(model, tasks, cfg, batched=True), want)
@@ -129,29 +146,29 @@ def test_inner_params_adapts_only_named_layers_and_meta_learns_all(second_order)
     torch.manual_seed(0)
     model = MLP().double()
     tasks = make_tasks()
-    cfg = meta.MetaConfig(inner_steps=3, inner_lr=0.3, first_order=not second_order, inner_params=("l2",))
+    cfg = MetaConfig(inner_steps=3, inner_lr=0.3, first_order=not second_order, inner_params=("l2",))
     want = hand_meta_grad(model, tasks, 3, 0.3, second_order, adapt=(2, 3))
     assert_close(meta_grad(model, tasks, cfg, batched=False), want)
     assert_close(meta_grad(model, tasks, cfg, batched=True), want)
     everything = hand_meta_grad(model, tasks, 3, 0.3, second_order)
     assert (want["l1.weight"] - everything["l1.weight"]).abs().max() > 1e-6  # the subset matters
-    fast = meta.personalize(model, tasks[0][0], cfg)
+    fast = personalize(model, tasks[0][0], cfg)
     assert torch.equal(fast["l1.weight"], model.l1.weight) and not torch.equal(fast["l2.weight"], model.l2.weight)
 
 
 def test_inner_params_that_match_nothing_is_an_error():
     model = MLP().double()
     with pytest.raises(ValueError, match="matches no parameter"):
-        meta.personalize(model, make_tasks()[0][0], meta.MetaConfig(inner_params=("head",)))
-    assert meta.inner_names({"l2.weight": 1, "l20.bias": 2}, ("l2",)) == ["l2.weight"]
+        personalize(model, make_tasks()[0][0], MetaConfig(inner_params=("head",)))
+    assert inner_names({"l2.weight": 1, "l20.bias": 2}, ("l2",)) == ["l2.weight"]
 
 
 def test_second_order_differs_from_first_order():
     torch.manual_seed(0)
     model = MLP().double()
     tasks = make_tasks()
-    fo = meta_grad(model, tasks, meta.MetaConfig(inner_steps=3, inner_lr=0.3, first_order=True), True)
-    so = meta_grad(model, tasks, meta.MetaConfig(inner_steps=3, inner_lr=0.3, first_order=False), True)
+    fo = meta_grad(model, tasks, MetaConfig(inner_steps=3, inner_lr=0.3, first_order=True), True)
+    so = meta_grad(model, tasks, MetaConfig(inner_steps=3, inner_lr=0.3, first_order=False), True)
     assert max((fo[k] - so[k]).abs().max().item() for k in fo) > 1e-4
 
 
@@ -161,7 +178,7 @@ def test_batched_equals_loop_with_lstm_batchnorm_and_aux_loss(first_order):
     model = Recurrent().double()
     model.bn.running_mean.uniform_(-0.5, 0.5)
     tasks = make_tasks(n=3, seed=1)
-    cfg = meta.MetaConfig(inner_steps=2, inner_lr=0.2, first_order=first_order, task_chunk=2)
+    cfg = MetaConfig(inner_steps=2, inner_lr=0.2, first_order=first_order, task_chunk=2)
     twin = copy.deepcopy(model)
     assert_close(meta_grad(model, tasks, cfg, batched=True), meta_grad(twin, tasks, cfg, batched=False))
     # both update the running statistics to the same mean over tasks, and they did change
@@ -187,9 +204,9 @@ class ConvNet(nn.Module):
 
 
 def test_per_task_modules_picks_recurrent_layers_and_conv_blocks():
-    assert meta.per_task_modules(ConvNet()) == ["block", "conv", "gru", "lstm"]
-    assert meta.per_task_modules(Recurrent()) == ["lstm"]
-    assert meta.per_task_modules(MLP()) == []
+    assert per_task_modules(ConvNet()) == ["block", "conv", "gru", "lstm"]
+    assert per_task_modules(Recurrent()) == ["lstm"]
+    assert per_task_modules(MLP()) == []
 
 
 def test_vmap_ready_runs_per_task_modules_under_vmap():
@@ -203,8 +220,8 @@ def test_vmap_ready_runs_per_task_modules_under_vmap():
     params = {k: torch.stack([v.detach() + 0.1 * i for i in range(3)]) for k, v in model.named_parameters()}
     stats = {k: v.unsqueeze(0).repeat(3, *[1] * v.dim()) for k, v in model.named_buffers()}
     start = {k: v.clone() for k, v in stats.items()}
-    stacked = meta.stack_batches(batches)
-    with meta.vmap_ready(model):
+    stacked = stack_batches(batches)
+    with vmap_ready(model):
         got = vmap(lambda p, s, b: functional_call(model, (p, s), (b,))["pred"])(params, stats, stacked)
         plain = model(batches[0])["pred"]  # outside vmap the patched modules behave as usual
     assert not any("forward" in vars(m) for m in model.modules())  # the patches are undone
@@ -219,40 +236,39 @@ def test_vmap_ready_runs_per_task_modules_under_vmap():
 def test_stack_batches_pads_time_and_rejects_mismatch():
     g = torch.Generator().manual_seed(0)
     a, b = make_batch(g, 2, steps=4), make_batch(g, 2, steps=6)
-    s = meta.stack_batches([a, b])
+    s = stack_batches([a, b])
     assert s["frames"].shape == (2, 2, 6, K) and s["mask"].shape == (2, 2, 6)
     assert not s["mask"][0, :, 4:].any() and s["mask"][1].all()
     with pytest.raises(ValueError, match="different shapes"):
-        meta.stack_batches([a, make_batch(g, 3, steps=4)])
+        stack_batches([a, make_batch(g, 3, steps=4)])
     with pytest.raises(ValueError):
-        meta.meta_loss_batched(MLP().double(), [])
+        meta_loss_batched(MLP().double(), [])
 
 
 def test_meta_step_personalize_and_predict():
     torch.manual_seed(3)
     model = MLP().double()
     tasks = make_tasks(n=2)
-    cfg = meta.MetaConfig(inner_steps=2, inner_lr=0.1, outer_lr=1e-2)
-    opt = meta.meta_optimizer(model, cfg)
+    cfg = MetaConfig(inner_steps=2, inner_lr=0.1, outer_lr=1e-2)
+    opt = meta_optimizer(model, cfg)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    loss = meta.meta_step(model, opt, tasks, cfg, batched=True)
+    loss = meta_step(model, opt, tasks, cfg, batched=True)
     assert isinstance(loss, float) and loss == loss
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
     support, query = tasks[0]
-    fast = meta.personalize(model, support, meta.MetaConfig(inner_steps=5, inner_lr=0.5))
+    fast = personalize(model, support, MetaConfig(inner_steps=5, inner_lr=0.5))
     assert all(not v.requires_grad for v in fast.values())
-    base = meta.predict_with(model, meta.trainable_params(model), support)["pred"]
-    adapted = meta.predict_with(model, fast, support)["pred"]
+    base = predict_with(model, trainable_params(model), support)["pred"]
+    adapted = predict_with(model, fast, support)["pred"]
     # adapting on the support song lowers the loss on it
     y, m = support["y"], support["mask"]
     assert dsaml_loss(adapted, y, m) < dsaml_loss(base, y, m)
-    assert meta.predict_with(model, fast, query)["pred"].shape == query["y"].shape
+    assert predict_with(model, fast, query)["pred"].shape == query["y"].shape
 
 
 @pytest.mark.parametrize("first_order", [True, False])
 def test_batched_equals_loop_on_dsaml_quick(first_order):
-    from dsaml_utils.model import DSAML, DSAMLConfig, example_batch
 
     torch.manual_seed(5)
     # the quick preset, with smaller spectrogram slices and no dropout (loop and vmap draw masks differently)
@@ -265,7 +281,7 @@ def test_batched_equals_loop_on_dsaml_quick(first_order):
         return b
 
     tasks = [(batch(1, 10 * i), batch(2, 10 * i + 1)) for i in range(2)]
-    cfg = meta.MetaConfig(inner_steps=2, inner_lr=0.05, first_order=first_order)
+    cfg = MetaConfig(inner_steps=2, inner_lr=0.05, first_order=first_order)
     twin = copy.deepcopy(model)
     got, want = meta_grad(model, tasks, cfg, batched=True), meta_grad(twin, tasks, cfg, batched=False)
     assert_close(got, want)

@@ -1,4 +1,4 @@
-"""Tests for dsaml_utils.model: masks, attention loss, ablation switches, padding, gradients, MAML, CLI."""
+"""Tests for dsaml_utils.models.dsaml: masks, attention loss, ablation switches, padding, gradients, MAML, CLI."""
 
 from __future__ import annotations
 
@@ -10,9 +10,19 @@ import torch
 from torch.func import functional_call
 
 from dsaml_utils import cli
+from dsaml_utils.cli import models as cli_models
 from dsaml_utils.errors import UserError
-from dsaml_utils.model import (ATTN_TARGETS, DSAML, MODELS, Adapter, DSAMLConfig, attention_loss, band_mask,
-                               build_model, example_batch, register_cli, summarize)
+from dsaml_utils.meta.batched import meta_loss_batched, vmap_ready
+from dsaml_utils.meta.maml import MetaConfig, meta_loss_loop
+from dsaml_utils.models.dsaml import (
+    ATTN_TARGETS,
+    DSAML,
+    Adapter,
+    DSAMLConfig,
+    attention_loss,
+    band_mask,
+)
+from dsaml_utils.models.registry import MODELS, build_model, example_batch, summarize
 
 N_MELS = 16  # small mel input keeps the adapter cheap in tests
 
@@ -346,13 +356,12 @@ def test_runs_under_vmap_with_a_functional_lstm():
     # the meta-learner maps the model over tasks with torch.func.vmap; nn.LSTM needs its functional LSTM there
     from torch.func import vmap
 
-    from dsaml_utils import meta
     model = quick(dropout=0.0).eval()
     tasks = [batch_for(model, T=6, B=1, seed=s) for s in (1, 2)]
     tasks[1]["mask"][0, 4:] = False
     stacked = {k: torch.stack([t[k] for t in tasks]) for k in tasks[0]}
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
-    with meta.vmap_ready(model):
+    with vmap_ready(model):
         preds = vmap(lambda b: functional_call(model, (params, buffers), (b,))["pred"])(stacked)
     for i, t in enumerate(tasks):
         torch.testing.assert_close(preds[i], predict(model, t)["pred"], atol=1e-5, rtol=1e-4)
@@ -360,20 +369,18 @@ def test_runs_under_vmap_with_a_functional_lstm():
 
 def test_meta_learner_batched_and_loop_paths_agree_on_dsaml():
     # grad inside vmap (the meta-learner's batched inner loop) must run through the model too
-    from dsaml_utils import meta
-
     model = quick(dropout=0.0, n_layers=1, global_dim=8).train()  # small: the batched path is slow on CPU
     tasks = []
     for s in (1, 2):
         support, query = batch_for(model, T=4, B=1, seed=s), batch_for(model, T=4, B=1, seed=s + 10)
         support["y"], query["y"] = torch.randn(1, 4, 2), torch.randn(1, 4, 2)
         tasks.append((support, query))
-    cfg = meta.MetaConfig(inner_steps=1, first_order=True)
+    cfg = MetaConfig(inner_steps=1, first_order=True)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    loop = meta.meta_loss_loop(model, tasks, cfg)
+    loop = meta_loss_loop(model, tasks, cfg)
     g_loop = torch.autograd.grad(loop, list(model.parameters()))
     model.load_state_dict(state)
-    batched = meta.meta_loss_batched(model, tasks, cfg)
+    batched = meta_loss_batched(model, tasks, cfg)
     g_batched = torch.autograd.grad(batched, list(model.parameters()))
     assert batched.item() == pytest.approx(loop.item(), rel=1e-5)
     for a, b in zip(g_loop, g_batched):
@@ -385,7 +392,7 @@ def test_meta_learner_batched_and_loop_paths_agree_on_dsaml():
 
 def test_model_summary_paper_shows_the_papers_sizes(capsys):
     parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers(dest="command"))
+    cli_models.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["model-summary", "--preset", "paper"])
     assert args.func(args) == 0
     text = capsys.readouterr().out
@@ -393,7 +400,7 @@ def test_model_summary_paper_shows_the_papers_sizes(capsys):
                   "adapter", "1x60x2"):
         assert piece in text, piece
     assert "(x2 calls)" in text  # the shared transformer ran twice
-    assert "dsaml_utils.model" in cli.COMMAND_MODULES
+    assert cli_models in cli.COMMAND_GROUPS
 
 
 def test_summarize_and_example_batch_for_a_baseline():

@@ -11,7 +11,15 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dsaml_utils import workbook
+from dsaml_utils.workbook.runner import (
+    PARAMETER_NAMES,
+    default_params,
+    list_notebooks,
+    parameters_cell,
+    run_workbook,
+    storage_problems,
+)
+from dsaml_utils.workbook.session import SMOKE_RUN, Session
 
 # What each notebook must write: figures (PNG) under figures_dir, tables (Markdown + CSV) under tables_dir.
 EXPECTED = {
@@ -37,15 +45,15 @@ EXPECTED = {
 
 
 def test_expected_outputs_cover_every_notebook():
-    assert [p.stem for p in workbook.list_notebooks()] == list(EXPECTED)
+    assert [p.stem for p in list_notebooks()] == list(EXPECTED)
 
 
-@pytest.mark.parametrize("path", workbook.list_notebooks(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", list_notebooks(), ids=lambda p: p.stem)
 def test_notebook_stored_without_outputs_with_parameters(path):
-    assert workbook.storage_problems(path) == []
+    assert storage_problems(path) == []
     nb = nbformat.read(path, as_version=4)
-    params = nb.cells[workbook.parameters_cell(nb)].source
-    for name in workbook.PARAMETER_NAMES:  # every runner parameter has a default in the notebook
+    params = nb.cells[parameters_cell(nb)].source
+    for name in PARAMETER_NAMES:  # every runner parameter has a default in the notebook
         assert f"\n{name} = " in f"\n{params}", f"{path.name}: parameter {name} missing"
     assert nb.metadata["kernelspec"]["display_name"] == "Python (dsaml)"
 
@@ -53,8 +61,8 @@ def test_notebook_stored_without_outputs_with_parameters(path):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("workbook-smoke")
-    params = workbook.default_params("smoke", out=out, device="cpu")
-    record = workbook.run_workbook(params)  # raises NotebookFailed (notebook + cell) on any error
+    params = default_params("smoke", out=out, device="cpu")
+    record = run_workbook(params)  # raises NotebookFailed (notebook + cell) on any error
     return params, record
 
 
@@ -83,7 +91,7 @@ def test_notebook_wrote_its_figures_and_tables(smoke_run, name):
 
 def test_session_reuses_the_runs_the_notebooks_trained(smoke_run):
     params, _ = smoke_run
-    wb = workbook.Session(**vars(params))
+    wb = Session(**vars(params))
     with pytest.warns(UserWarning, match="swapped"):  # synth reproduces DEAM's swapped static columns
         assert wb.dataset().name == "synthetic"
     assert wb.personalized
@@ -93,9 +101,9 @@ def test_session_reuses_the_runs_the_notebooks_trained(smoke_run):
     assert (folder / "model.pt").stat().st_mtime_ns == before
     assert metrics["mode"] == "dmer" and metrics["model"] == "dsaml" and "summary" in metrics["dmer"]
     cfg, model = wb.load("table1", "DSAML")
-    assert cfg.train.window == workbook.SMOKE_RUN["train.window"] and not model.training
+    assert cfg.train.window == SMOKE_RUN["train.window"] and not model.training
     hist = wb.history("table1", "DSAML")
-    assert list(hist["step"]) == [workbook.SMOKE_RUN["train.steps"]] and "val_score" in hist
+    assert list(hist["step"]) == [SMOKE_RUN["train.steps"]] and "val_score" in hist
     sid = wb.dataset().test_ids[0]
     sd = wb.song_data(cfg, model, [sid])[sid]
     assert sd.inputs["mel"].shape[0] == len(sd.times) == len(wb.dataset().songs[sid].curves["mean"])

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from dsaml_utils.data.types import MEAN, Curve, MusicDataset, Song
+
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -13,8 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from dsaml_utils import plots  # noqa: E402
-from dsaml_utils.data import MEAN, Curve, MusicDataset, Song  # noqa: E402
+from dsaml_utils import plots
 
 PROV = {"data": "unit-test", "preset": "smoke", "seed": 7}
 

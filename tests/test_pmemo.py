@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from fixtures import PMEMO_FEATURES, PMEMO_LENGTHS, write_pmemo_fixture
 
-from dsaml_utils.data import MEAN
+from dsaml_utils.data.pmemo import load_pmemo, load_pmemo_frame_features
+from dsaml_utils.data.types import MEAN
 from dsaml_utils.errors import DataError
-from dsaml_utils.pmemo import load_pmemo, load_pmemo_frame_features
 
 
 @pytest.fixture(scope="module")

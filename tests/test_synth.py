@@ -10,12 +10,31 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dsaml_utils import cli, synth
-from dsaml_utils.data import TaskFilter, is_flat, Curve
+from dsaml_utils import cli
+from dsaml_utils.data.synthetic.analysis import (
+    listener_divergence,
+    load_truth,
+    personalization_headroom,
+)
+from dsaml_utils.data.synthetic.config import (
+    AUDIO_DIR,
+    AVG_DYNAMIC_DIR,
+    DEFAULT_DIVERGENCE,
+    RATER_DYNAMIC_DIR,
+    STATIC_CLIPS_FILE,
+    STATIC_DIR,
+    STATIC_FULL_FILE,
+    TRUTH_DIR,
+    ListenerModel,
+    SynthConfig,
+)
+from dsaml_utils.data.synthetic.latent import label_times
+from dsaml_utils.data.synthetic.writer import generate, plan, render_song
+from dsaml_utils.data.types import Curve, TaskFilter, is_flat
 from dsaml_utils.errors import DataError, UserError
 
-AVG = synth.AVG_DYNAMIC_DIR
-RATERS = synth.RATER_DYNAMIC_DIR
+AVG = AVG_DYNAMIC_DIR
+RATERS = RATER_DYNAMIC_DIR
 
 # A tiny dataset: 8 clips of 30 s (2 anonymous), 2 full songs of 40-50 s, 8 kHz audio.
 TINY = dict(songs=8, anonymous_songs=2, full_songs=2, listeners=5, test_listeners=3, lazy_listeners=1,
@@ -54,7 +73,7 @@ def lines(path: Path) -> list[str]:
 
 def test_same_seed_same_bytes_whatever_the_thread_count(tiny, tmp_path):
     root, _ = tiny
-    synth.generate(tmp_path / "again", synth.SynthConfig(**TINY, workers=1))
+    generate(tmp_path / "again", SynthConfig(**TINY, workers=1))
     a, b = hashes(root), hashes(tmp_path / "again")
     assert a.keys() == b.keys()
     assert sum(k.endswith(".mp3") for k in a) == 10
@@ -63,8 +82,8 @@ def test_same_seed_same_bytes_whatever_the_thread_count(tiny, tmp_path):
 
 def test_another_seed_gives_other_music_and_curves(tiny, tmp_path):
     root, _ = tiny
-    cfg = synth.SynthConfig(**{**TINY, "seed": 1, "songs": 2, "anonymous_songs": 0, "full_songs": 0})
-    synth.generate(tmp_path / "s1", cfg)
+    cfg = SynthConfig(**{**TINY, "seed": 1, "songs": 2, "anonymous_songs": 0, "full_songs": 0})
+    generate(tmp_path / "s1", cfg)
     a, b = hashes(root), hashes(tmp_path / "s1")
     for k in ["DEAM_audio/MEMD_audio/2.mp3", "DEAM_audio/MEMD_audio/3.mp3", f"{RATERS}/arousal/3.csv"]:
         assert a[k] != b[k], k
@@ -76,8 +95,8 @@ def test_layout_headers_and_worker_ids(tiny):
         rows = lines(root / AVG / f"{dim}.csv")
         header = rows[0].split(",")
         assert header[:3] == ["song_id", "sample_15000ms", "sample_15500ms"]
-        longest = max(len(synth.label_times(d)) for d in json.loads(
-            (root / synth.TRUTH_DIR / "songs.json").read_text()).values() for d in [d["duration"]])
+        longest = max(len(label_times(d)) for d in json.loads(
+            (root / TRUTH_DIR / "songs.json").read_text()).values() for d in [d["duration"]])
         assert len(header) == 1 + longest
         assert header[-1] == f"sample_{int(15000 + 500 * (longest - 1))}ms"
         by_id = {r.split(",")[0]: r.split(",") for r in rows[1:]}
@@ -92,14 +111,14 @@ def test_layout_headers_and_worker_ids(tiny):
             else:
                 assert first[0] == "WorkerId" and first[1] == "sample_15000ms"
                 assert all(r.split(",")[0].startswith("A") for r in rater_rows[1:])
-    static = root / synth.STATIC_DIR
-    assert lines(static / synth.STATIC_CLIPS_FILE)[0] == \
+    static = root / STATIC_DIR
+    assert lines(static / STATIC_CLIPS_FILE)[0] == \
         "song_id, valence_mean, valence_std, arousal_mean, arousal_std"
-    assert lines(static / synth.STATIC_FULL_FILE)[0] == (
+    assert lines(static / STATIC_FULL_FILE)[0] == (
         "song_id, valence_mean, valence_std, valence_max_mean, valence_max_std, valence_min_mean, "
         "valence_min_std, arousal_mean, arousal_std, arousal_max_mean, arousal_max_std, arousal_min_mean, "
         "arousal_min_std")
-    for name in (synth.STATIC_CLIPS_FILE, synth.STATIC_FULL_FILE):
+    for name in (STATIC_CLIPS_FILE, STATIC_FULL_FILE):
         for row in lines(static / name)[1:]:
             means = [float(x) for x in row.split(",")[1::2]]
             assert all(1 <= m <= 9 for m in means), row
@@ -110,7 +129,7 @@ def test_layout_headers_and_worker_ids(tiny):
 
 def test_counts_reported_match_the_files(tiny):
     root, s = tiny
-    mp3s = sorted((root / synth.AUDIO_DIR).glob("*.mp3"))
+    mp3s = sorted((root / AUDIO_DIR).glob("*.mp3"))
     assert len(mp3s) == s["songs_with_audio"] == s["songs_annotated"] == 10
     assert len(lines(root / AVG / "arousal.csv")) - 1 == s["songs_annotated"]
     assert s["test_ids"] == ["2001", "2002"] and s["test_songs"] == 2 and s["clips"] == 8
@@ -124,7 +143,7 @@ def test_counts_reported_match_the_files(tiny):
             anonymous += len(rows) - 1
     assert named == s["listener_curves"] and anonymous == s["anonymous_curves"]
     assert len(workers) == s["listeners"]
-    roles = [lst["role"] for lst in json.loads((root / synth.TRUTH_DIR / "listeners.json").read_text())]
+    roles = [lst["role"] for lst in json.loads((root / TRUTH_DIR / "listeners.json").read_text())]
     assert (roles.count("train"), roles.count("test"), roles.count("lazy")) == (
         s["train_listeners"], s["test_listeners"], s["lazy_listeners"]) == (5, 3, 1)
 
@@ -144,9 +163,9 @@ def test_mean_curve_is_the_average_of_the_raters(tiny):
 
 def test_audio_decodes_with_the_configured_length(tiny):
     root, _ = tiny
-    songs = json.loads((root / synth.TRUTH_DIR / "songs.json").read_text())
+    songs = json.loads((root / TRUTH_DIR / "songs.json").read_text())
     for sid in ("4", "2001"):
-        wave, sr = sf.read(str(root / synth.AUDIO_DIR / f"{sid}.mp3"), dtype="float32")
+        wave, sr = sf.read(str(root / AUDIO_DIR / f"{sid}.mp3"), dtype="float32")
         assert sr == 8000
         assert abs(len(wave) / sr - songs[sid]["duration"]) < 0.1
         assert 0.01 < np.sqrt(np.mean(wave**2)) and np.abs(wave).max() <= 1
@@ -155,7 +174,7 @@ def test_audio_decodes_with_the_configured_length(tiny):
 
 def test_truth_and_listener_records(tiny):
     root, s = tiny
-    truth, listeners = synth.load_truth(root)
+    truth, listeners = load_truth(root)
     assert sorted(truth, key=int) == s["train_ids"] + s["test_ids"]
     np.testing.assert_allclose(truth["4"].times, 15.0 + 0.5 * np.arange(30))
     assert np.abs(truth["2001"].values()).max() <= 1 and truth["2001"].values().std(0).min() > 0
@@ -169,12 +188,12 @@ def test_truth_and_listener_records(tiny):
     for lst in listeners:
         assert 0 <= min(lst["lag"]) and max(lst["lag"]) <= 2
     with pytest.raises(DataError, match="truth.npz"):
-        synth.load_truth(root / "DEAM_audio")
+        load_truth(root / "DEAM_audio")
 
 
 def test_lazy_listeners_are_exactly_the_flat_curves(tiny):
     root, _ = tiny
-    listeners = json.loads((root / synth.TRUTH_DIR / "listeners.json").read_text())
+    listeners = json.loads((root / TRUTH_DIR / "listeners.json").read_text())
     lazy = {lst["listener_id"] for lst in listeners if lst["role"] == "lazy"}
     filt = TaskFilter()
     seen_lazy = 0
@@ -192,11 +211,11 @@ def test_lazy_listeners_are_exactly_the_flat_curves(tiny):
 
 def test_static_swap_is_an_option(tiny, tmp_path):
     cfg = dict(TINY, songs=2, anonymous_songs=0, full_songs=1, full_seconds=(20.0, 20.0), clip_seconds=20.0)
-    synth.generate(tmp_path / "on", synth.SynthConfig(**cfg))
-    synth.generate(tmp_path / "off", synth.SynthConfig(**cfg, swap_static_le_1000=False))
+    generate(tmp_path / "on", SynthConfig(**cfg))
+    generate(tmp_path / "off", SynthConfig(**cfg, swap_static_le_1000=False))
     on, off = hashes(tmp_path / "on"), hashes(tmp_path / "off")
-    clips = str(synth.STATIC_DIR / synth.STATIC_CLIPS_FILE)
-    assert [k for k in on if on[k] != off[k]] == [clips, str(synth.TRUTH_DIR / "config.json")]
+    clips = str(STATIC_DIR / STATIC_CLIPS_FILE)
+    assert [k for k in on if on[k] != off[k]] == [clips, str(TRUTH_DIR / "config.json")]
     rows_on = [r.split(",") for r in lines(tmp_path / "on" / clips)[1:]]
     rows_off = [r.split(",") for r in lines(tmp_path / "off" / clips)[1:]]
     for a, b in zip(rows_on, rows_off):
@@ -206,8 +225,8 @@ def test_static_swap_is_an_option(tiny, tmp_path):
 
 def test_listeners_diverge_by_the_documented_amount(tiny):
     root, _ = tiny
-    div = synth.listener_divergence(root)
-    ref = synth.DEFAULT_DIVERGENCE
+    div = listener_divergence(root)
+    ref = DEFAULT_DIVERGENCE
     assert div["flat_curves_dropped"] > 0 and div["listeners"] == 8  # 5 train + 3 test; lazy all flat
     for d in range(2):
         assert abs(div["listener_vs_mean_rmse"][d] - ref["listener_vs_mean_rmse"][d]) < 0.08
@@ -220,18 +239,18 @@ def test_listeners_diverge_by_the_documented_amount(tiny):
 
 
 def test_identical_ideal_listeners_do_not_diverge(tmp_path):
-    ideal = synth.ListenerModel(offset_sd=0, gain_log_sd=0, lag_max=0, tau_range=(0.05, 0.05),
+    ideal = ListenerModel(offset_sd=0, gain_log_sd=0, lag_max=0, tau_range=(0.05, 0.05),
                                 squash_range=(1e-4, 1e-4), noise_range=(0, 0), song_offset_sd=0,
                                 invert_fraction=0)
-    cfg = synth.SynthConfig(**{**TINY, "songs": 3, "anonymous_songs": 0, "full_songs": 0, "lazy_listeners": 0,
+    cfg = SynthConfig(**{**TINY, "songs": 3, "anonymous_songs": 0, "full_songs": 0, "lazy_listeners": 0,
                                "clip_seconds": 20.0}, listener_model=ideal)
-    synth.generate(tmp_path / "ideal", cfg)
-    div = synth.listener_divergence(tmp_path / "ideal")
+    generate(tmp_path / "ideal", cfg)
+    div = listener_divergence(tmp_path / "ideal")
     assert div["curves"] == 12
     assert max(div["listener_vs_mean_rmse"]) < 0.01 and max(div["mean_vs_truth_rmse"]) < 0.01
     assert min(div["mean_vs_truth_ccc"]) > 0.98
     with pytest.raises(DataError, match="no held-out listener rated two songs"):
-        synth.personalization_headroom(tmp_path / "ideal")  # no full songs, so no (support, query) pair
+        personalization_headroom(tmp_path / "ideal")  # no full songs, so no (support, query) pair
 
 
 # Full songs only: 3 songs, each rated by both of 2 held-out listeners (6 ordered pairs each).
@@ -241,16 +260,16 @@ HEADROOM = dict(songs=2, anonymous_songs=0, full_songs=3, listeners=2, test_list
 
 
 def test_personalization_headroom_is_zero_for_ideal_listeners_and_positive_by_default(tmp_path):
-    ideal = synth.ListenerModel(offset_sd=0, gain_log_sd=0, lag_max=0, tau_range=(0.05, 0.05),
+    ideal = ListenerModel(offset_sd=0, gain_log_sd=0, lag_max=0, tau_range=(0.05, 0.05),
                                 squash_range=(1e-4, 1e-4), noise_range=(0, 0), song_offset_sd=0,
                                 invert_fraction=0)
-    synth.generate(tmp_path / "ideal", synth.SynthConfig(**HEADROOM, listener_model=ideal))
-    flat = synth.personalization_headroom(tmp_path / "ideal")
+    generate(tmp_path / "ideal", SynthConfig(**HEADROOM, listener_model=ideal))
+    flat = personalization_headroom(tmp_path / "ideal")
     assert flat["pairs"] == 12 and flat["listeners"] == 2
     assert min(flat["mean_ccc"]) > 0.99 and max(abs(h) for h in flat["headroom"]) < 0.01
 
-    synth.generate(tmp_path / "default", synth.SynthConfig(**HEADROOM))
-    got = synth.personalization_headroom(tmp_path / "default")
+    generate(tmp_path / "default", SynthConfig(**HEADROOM))
+    got = personalization_headroom(tmp_path / "default")
     assert got["pairs"] == 12
     for d in range(2):
         assert got["headroom"][d] == pytest.approx(got["recalibrated_ccc"][d] - got["mean_ccc"][d], abs=2e-4)
@@ -261,7 +280,7 @@ def test_personalization_headroom_is_zero_for_ideal_listeners_and_positive_by_de
 
 
 def test_default_plan_passes_the_authors_filters():
-    pl = synth.plan(synth.SynthConfig())
+    pl = plan(SynthConfig())
     named = [s for s in pl.durations if s < 2001 and s not in pl.anonymous]
     fulls = [s for s in pl.durations if s >= 2001]
     for i in pl.of_role("train"):
@@ -281,10 +300,10 @@ def test_default_plan_passes_the_authors_filters():
 
 def test_music_carries_arousal_and_valence():
     """Loudness/brightness follow arousal inside a song; the major-minor third balance follows valence."""
-    cfg = synth.SynthConfig(sample_rate=8000)
+    cfg = SynthConfig(sample_rate=8000)
     r_loud, r_bright, feats = [], [], []
     for sid in range(2, 8):
-        song = synth.render_song(sid, 45.0, cfg)
+        song = render_song(sid, 45.0, cfg)
         sr, rows = song.sample_rate, []
         for t, (a, v) in zip(song.times, song.truth):
             x = song.audio[int(t * sr): int((t + 1.0) * sr)]
@@ -307,8 +326,8 @@ def test_music_carries_arousal_and_valence():
 
 
 def test_sections_return():
-    cfg = synth.SynthConfig(sample_rate=8000)
-    forms = [[s.letter for s in synth.render_song(sid, 120.0, cfg).sections] for sid in (2001, 2002)]
+    cfg = SynthConfig(sample_rate=8000)
+    forms = [[s.letter for s in render_song(sid, 120.0, cfg).sections] for sid in (2001, 2002)]
     for form in forms:
         assert len(form) >= 8 and len(set(form)) < len(form)  # some letter comes back
 
@@ -316,15 +335,15 @@ def test_sections_return():
 def test_bad_config_and_existing_output_are_clear_errors(tiny, tmp_path):
     root, _ = tiny
     with pytest.raises(UserError, match="clip_seconds"):
-        synth.generate(tmp_path / "x", synth.SynthConfig(clip_seconds=10))
+        generate(tmp_path / "x", SynthConfig(clip_seconds=10))
     with pytest.raises(UserError, match="raters_per_full_song"):
-        synth.plan(synth.SynthConfig(test_listeners=2, raters_per_full_song=4))
+        plan(SynthConfig(test_listeners=2, raters_per_full_song=4))
     with pytest.raises(UserError, match="already holds a dataset"):
-        synth.generate(root, synth.SynthConfig(**TINY))
+        generate(root, SynthConfig(**TINY))
     assert run_cli(["synth", "--out", str(root)] + TINY_ARGS)[0] == 2
     assert run_cli(["synth", "--out", str(tmp_path / "y"), "--songs", "0"])[0] == 2
     with pytest.raises(DataError):
-        synth.listener_divergence(tmp_path)
+        listener_divergence(tmp_path)
 
 
 def test_cli_text_output_and_divergence(tmp_path):
@@ -353,7 +372,7 @@ def test_divergence_reads_a_real_deam_layout_without_truth(tmp_path):
     from fixtures import RATED, WORKERS, write_deam_fixture
 
     write_deam_fixture(tmp_path)
-    div = synth.listener_divergence(tmp_path)
+    div = listener_divergence(tmp_path)
     assert "mean_vs_truth_rmse" not in div and div["flat_curves_dropped"] == 1
     assert set(div["per_listener"]) == set(WORKERS)
     assert div["curves"] == sum(len(s) for s in RATED.values()) - 1

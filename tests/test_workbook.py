@@ -1,4 +1,4 @@
-"""Tests for dsaml_utils.workbook: notebook discovery, storage checks, parameters, failure reporting."""
+"""Tests for dsaml_utils.workbook (runner and session): notebook discovery, storage checks, parameters, failure reporting."""
 
 from __future__ import annotations
 
@@ -9,8 +9,22 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dsaml_utils import workbook
+from dsaml_utils import cli, plots
+from dsaml_utils.cli import workbook as cli_workbook
 from dsaml_utils.errors import DataError, UserError
+from dsaml_utils.training.config import preset
+from dsaml_utils.workbook.runner import (
+    PARAMETER_NAMES,
+    REPO,
+    default_params,
+    ensure_dataset,
+    list_notebooks,
+    pick_kernel,
+    skip_reason,
+    storage_problems,
+    strip_outputs,
+)
+from dsaml_utils.workbook.session import QUICK_RUN, SMOKE_RUN, Session
 
 
 def _write_nb(path: Path, *sources: str, params: str = "x = 1", outputs: bool = False) -> Path:
@@ -33,7 +47,7 @@ def _main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="dsaml")
-    workbook.register_cli(parser.add_subparsers(dest="command", required=True))
+    cli_workbook.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -41,63 +55,63 @@ def _main(argv: list[str]) -> int:
 def test_list_notebooks_orders_and_filters(tmp_path):
     for name in ["02_b", "00_a", "10_c", "notes"]:
         _write_nb(tmp_path / f"{name}.ipynb")
-    assert [p.stem for p in workbook.list_notebooks(tmp_path)] == ["00_a", "02_b", "10_c"]
-    assert [p.stem for p in workbook.list_notebooks(tmp_path, ["10", "2", "00_a"])] == ["00_a", "02_b", "10_c"]
+    assert [p.stem for p in list_notebooks(tmp_path)] == ["00_a", "02_b", "10_c"]
+    assert [p.stem for p in list_notebooks(tmp_path, ["10", "2", "00_a"])] == ["00_a", "02_b", "10_c"]
     with pytest.raises(UserError, match="matches no notebook"):
-        workbook.list_notebooks(tmp_path, ["07"])
+        list_notebooks(tmp_path, ["07"])
     with pytest.raises(UserError, match="no numbered notebooks"):
-        workbook.list_notebooks(tmp_path / "empty")
+        list_notebooks(tmp_path / "empty")
 
 
 def test_storage_problems_and_strip_outputs(tmp_path):
     clean = _write_nb(tmp_path / "00_clean.ipynb", "print(x)")
-    assert workbook.storage_problems(clean) == []
+    assert storage_problems(clean) == []
     dirty = _write_nb(tmp_path / "01_dirty.ipynb", "print(x)", outputs=True)
-    assert workbook.storage_problems(dirty) == ["01_dirty.ipynb: cell 1 has stored outputs or an execution count"]
-    assert workbook.strip_outputs(dirty) is True
-    assert workbook.storage_problems(dirty) == []
-    assert workbook.strip_outputs(dirty) is False
+    assert storage_problems(dirty) == ["01_dirty.ipynb: cell 1 has stored outputs or an execution count"]
+    assert strip_outputs(dirty) is True
+    assert storage_problems(dirty) == []
+    assert strip_outputs(dirty) is False
     nb = nbformat.read(clean, as_version=4)
     nb.cells[0].metadata["tags"] = []
     nb.metadata["kernelspec"]["name"] = "python3"
     nbformat.write(nb, clean)
-    assert workbook.storage_problems(clean) == [
+    assert storage_problems(clean) == [
         "00_clean.ipynb: no cell tagged 'parameters'", "00_clean.ipynb: kernelspec is 'python3', not 'dsaml'"]
 
 
 def test_default_params_layout(tmp_path):
-    p = workbook.default_params("quick", device="cpu")
-    assert p.root == str(workbook.REPO / "data" / "synthetic")
-    assert p.run_dir == str(workbook.REPO / "runs" / "synthetic-quick")
-    assert p.figures_dir == str(workbook.REPO / "figures" / "synthetic")
-    assert p.tables_dir == str(workbook.REPO / "figures" / "synthetic" / "tables")
-    s = workbook.default_params("smoke", out=tmp_path / "run", seed=3, device="cpu")
+    p = default_params("quick", device="cpu")
+    assert p.root == str(REPO / "data" / "synthetic")
+    assert p.run_dir == str(REPO / "runs" / "synthetic-quick")
+    assert p.figures_dir == str(REPO / "figures" / "synthetic")
+    assert p.tables_dir == str(REPO / "figures" / "synthetic" / "tables")
+    s = default_params("smoke", out=tmp_path / "run", seed=3, device="cpu")
     assert s.root == str(tmp_path / "run" / "data" / "synthetic")
     assert s.figures_dir == str(tmp_path / "run" / "figures") and s.seed == 3
-    d = workbook.default_params("paper", "deam", root=tmp_path, device="cuda")
+    d = default_params("paper", "deam", root=tmp_path, device="cuda")
     assert d.run_dir.endswith("deam-paper") and d.figures_dir.endswith("figures/deam") and d.device == "cuda"
-    assert set(json.loads(json.dumps(p.__dict__))) == set(workbook.PARAMETER_NAMES)
+    assert set(json.loads(json.dumps(p.__dict__))) == set(PARAMETER_NAMES)
     with pytest.raises(UserError, match="--root is required"):
-        workbook.default_params("quick", "deam")
+        default_params("quick", "deam")
     with pytest.raises(UserError, match="unknown preset"):
-        workbook.default_params("huge")
+        default_params("huge")
     with pytest.raises(UserError, match="unknown dataset"):
-        workbook.default_params("quick", "mer1101")
+        default_params("quick", "mer1101")
 
 
 def test_pick_kernel_falls_back_with_message(capsys):
-    assert workbook.pick_kernel("python3") == "python3"
+    assert pick_kernel("python3") == "python3"
     assert capsys.readouterr().err == ""
-    assert workbook.pick_kernel("no-such-kernel-xyz") == "python3"
+    assert pick_kernel("no-such-kernel-xyz") == "python3"
     assert "'no-such-kernel-xyz' is not installed" in capsys.readouterr().err
 
 
 def test_ensure_dataset_checks_real_roots(tmp_path):
-    p = workbook.default_params("quick", "deam", root=tmp_path / "missing", device="cpu")
+    p = default_params("quick", "deam", root=tmp_path / "missing", device="cpu")
     with pytest.raises(DataError, match="missing: dataset root for 'deam' does not exist"):
-        workbook.ensure_dataset(p)
-    p = workbook.default_params("quick", "deam", root=tmp_path, device="cpu")
-    assert workbook.ensure_dataset(p) == tmp_path
+        ensure_dataset(p)
+    p = default_params("quick", "deam", root=tmp_path, device="cpu")
+    assert ensure_dataset(p) == tmp_path
 
 
 def test_run_reports_failing_cell_and_cli_exits_nonzero(tmp_path, capsys):
@@ -144,7 +158,7 @@ def test_cli_fresh_removes_earlier_outputs_only(tmp_path, capsys):
 def test_cli_strip(tmp_path, capsys):
     dirty = _write_nb(tmp_path / "05_x.ipynb", "1", outputs=True)
     assert _main(["workbook", "--strip", "--notebooks", str(tmp_path)]) == 0
-    assert "stripped" in capsys.readouterr().out and workbook.storage_problems(dirty) == []
+    assert "stripped" in capsys.readouterr().out and storage_problems(dirty) == []
 
 
 def test_session_paths_provenance_and_saving(tmp_path):
@@ -153,9 +167,8 @@ def test_session_paths_provenance_and_saving(tmp_path):
     matplotlib.use("Agg")
     import pandas as pd
 
-    from dsaml_utils import plots
 
-    s = workbook.Session("deam", str(tmp_path / "DEAM"), "smoke", 5, str(tmp_path / "run"),
+    s = Session("deam", str(tmp_path / "DEAM"), "smoke", 5, str(tmp_path / "run"),
                          str(tmp_path / "figs"), str(tmp_path / "figs" / "tables"), "cpu")
     assert s.provenance == {"data": "deam (DEAM)", "preset": "smoke", "seed": 5}
     fig = plots.stamp(__import__("matplotlib.pyplot").pyplot.figure(), s.provenance)
@@ -164,17 +177,16 @@ def test_session_paths_provenance_and_saving(tmp_path):
     md = s.table(pd.DataFrame({"a": [1]}), "t", title="T")
     assert md == tmp_path / "figs" / "tables" / "t.md" and "preset: smoke" in md.read_text()
     with pytest.raises(UserError, match="unknown preset"):
-        workbook.Session("deam", "r", "big", 0, str(tmp_path), str(tmp_path), str(tmp_path))
+        Session("deam", "r", "big", 0, str(tmp_path), str(tmp_path), str(tmp_path))
 
 
 def test_registered_in_cli():
-    from dsaml_utils import cli
 
-    assert "dsaml_utils.workbook" in cli.COMMAND_MODULES
+    assert cli_workbook in cli.COMMAND_GROUPS
 
 
 def _session(tmp_path, preset="smoke", seed=3):
-    return workbook.Session("synthetic", str(tmp_path / "data"), preset, seed, str(tmp_path / "run"),
+    return Session("synthetic", str(tmp_path / "data"), preset, seed, str(tmp_path / "run"),
                             str(tmp_path / "figs"), str(tmp_path / "figs" / "tables"), "cpu")
 
 
@@ -194,18 +206,17 @@ def test_session_run_config_presets_and_threads(tmp_path, monkeypatch):
     assert (cfg.preset, cfg.mode, cfg.strategy, cfg.dataset) == ("quick", "pdmer", "personalized", "synthetic")
     assert cfg.root == str(tmp_path / "data") and cfg.cache_dir == str(tmp_path / "run" / "cache")
     assert (cfg.train.seed, cfg.train.device) == (3, "cpu")
-    for key, value in workbook.SMOKE_RUN.items():
+    for key, value in SMOKE_RUN.items():
         section, field = key.split(".")
         got = getattr(getattr(cfg, section), field)
         assert (list(got) if isinstance(got, tuple) else got) == value, key
     assert any(d.startswith("smoke:") for d in cfg.deviations)
     q = _session(tmp_path, "quick").run_config()
-    assert q.train.steps == workbook.QUICK_RUN["train.steps"] and q.eval.draws == workbook.QUICK_RUN["eval.draws"]
-    assert q.mel.n_mels == workbook.QUICK_RUN["mel.n_mels"] == q.model_overrides()["n_mels"]
-    assert q.cache_dir == str(workbook.REPO / "data" / "cache")
+    assert q.train.steps == QUICK_RUN["train.steps"] and q.eval.draws == QUICK_RUN["eval.draws"]
+    assert q.mel.n_mels == QUICK_RUN["mel.n_mels"] == q.model_overrides()["n_mels"]
+    assert q.cache_dir == str(REPO / "data" / "cache")
     assert any(d.startswith("workbook:") for d in q.deviations)
     assert not any(d.startswith("smoke:") for d in q.deviations)
-    from dsaml_utils.config import preset
 
     p = _session(tmp_path, "paper").run_config()
     assert p.train.steps == preset("paper").train.steps and p.preset == "paper"
@@ -230,8 +241,8 @@ def test_skip_reason_for_datasets_without_listeners(tmp_path):
     nb.metadata["dsaml"] = {"needs_listeners": True}
     nbformat.write(nb, nb_path)
     plain = _write_nb(tmp_path / "01_plain.ipynb", "1")
-    pmemo = workbook.default_params("quick", "pmemo", root=tmp_path, device="cpu")
-    deam = workbook.default_params("quick", "deam", root=tmp_path, device="cpu")
-    assert "has no listener identities" in workbook.skip_reason(nb_path, pmemo)
-    assert workbook.skip_reason(nb_path, deam) is None
-    assert workbook.skip_reason(plain, pmemo) is None
+    pmemo = default_params("quick", "pmemo", root=tmp_path, device="cpu")
+    deam = default_params("quick", "deam", root=tmp_path, device="cpu")
+    assert "has no listener identities" in skip_reason(nb_path, pmemo)
+    assert skip_reason(nb_path, deam) is None
+    assert skip_reason(plain, pmemo) is None

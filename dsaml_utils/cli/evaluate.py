@@ -1,0 +1,54 @@
+"""`dsaml evaluate` and `dsaml personalize`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dsaml_utils.evaluation.report import format_metrics
+from dsaml_utils.evaluation.results import _finite, combine_runs
+from dsaml_utils.evaluation.run import evaluate_run
+from dsaml_utils.experiments.personalize import personalize_files
+
+
+def _cli_evaluate(args: argparse.Namespace) -> int:
+    results = [evaluate_run(r, progress=not (args.quiet or args.json), reuse=args.reuse) for r in args.run]
+    if args.json:
+        payload = results[0] if len(results) == 1 else {"runs": [r["run"] for r in results],
+                                                        "combined": combine_runs(results, args.k)}
+        print(json.dumps(_finite(payload if len(results) > 1 else {k: v for k, v in payload.items()
+                                                                   if k != "config"}), indent=1))
+    else:
+        print(format_metrics(results if len(results) > 1 else results[0], args.k))
+    return 0
+
+
+def _cli_personalize(args: argparse.Namespace) -> int:
+    res = personalize_files(args.run, args.out, args.predict, support=args.support, personal=args.personal,
+                            start=args.start, progress=not args.quiet)
+    print(f"personal state: {res['personal']}")
+    for p in res["predictions"]:
+        print(f"{p['audio']} -> {p['csv']}, {p['png']}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `dsaml evaluate` and `dsaml personalize`."""
+    p = subparsers.add_parser("evaluate", help="score trained runs (DMER and PDMER) and write metrics.json")
+    p.add_argument("--run", nargs="+", required=True, help="run folder(s); several = seeds, shown as mean ± std")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--k", type=int, default=1, help="k-shot shown in the table (default 1)")
+    p.add_argument("--reuse", action="store_true", help="reuse an up-to-date metrics.json instead of recomputing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cli_evaluate)
+
+    q = subparsers.add_parser("personalize", help="adapt a trained run to one listener and predict their curves")
+    q.add_argument("--run", required=True, help="trained run folder")
+    q.add_argument("--support", nargs=2, metavar=("AUDIO", "CURVE_CSV"),
+                   help="one song the person annotated and their curve (CSV: time,arousal,valence at 2 Hz)")
+    q.add_argument("--personal", help="a personal.pt saved earlier (instead of --support)")
+    q.add_argument("--predict", nargs="+", required=True, metavar="AUDIO", help="songs to predict")
+    q.add_argument("--out", required=True, help="output folder (personal.pt, <song>.csv, <song>.png)")
+    q.add_argument("--start", type=float, default=0.0, help="first predicted time in seconds (default 0)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.set_defaults(func=_cli_personalize)

@@ -1,0 +1,98 @@
+"""`dsaml model-summary`, `dsaml embed` and `dsaml export-imagebind-audio`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from dsaml_utils.encoders import imagebind
+from dsaml_utils.encoders.registry import (
+    ENCODERS,
+    default_encoder_name,
+    embed_song,
+    get_encoder,
+)
+from dsaml_utils.features.cache import FeatureCache
+from dsaml_utils.models.dsaml import DSAML
+from dsaml_utils.models.registry import MODELS, build_model, summarize
+
+
+def _summary_command(args: argparse.Namespace) -> int:
+    model = build_model(args.model, args.preset)
+    fields = ", ".join(f"{f.name}={getattr(model.cfg, f.name)!r}" for f in dataclasses.fields(model.cfg))
+    print(f"model {args.model} ({type(model).__name__}), preset {args.preset}")
+    print(f"config: {fields}")
+    if isinstance(model, DSAML):
+        alpha, beta = model.cfg.targets()
+        c = model.cfg
+        print(f"D={c.d_model} layers={c.n_layers} heads={c.n_heads} d_ff={c.d_ff} n_l={c.n_local} "
+              f"n_g={c.n_global} alpha={alpha} beta={beta} lstm={c.lstm_size()}x2 inputs={model.inputs}")
+    print("\n".join(summarize(model, args.steps)))
+    return 0
+
+
+def _register_summary(subparsers) -> None:
+    """Add ``dsaml model-summary``."""
+    p = subparsers.add_parser("model-summary", help="parameter counts and output shapes of a model")
+    p.add_argument("--preset", choices=("paper", "quick"), default="paper", help="model size preset")
+    p.add_argument("--model", choices=sorted(MODELS), default="dsaml", help="which model")
+    p.add_argument("--steps", type=int, default=60, help="0.5 s steps in the example input (60 = 30 s)")
+    p.set_defaults(func=_summary_command)
+
+
+def _register_embed(sub) -> None:
+    """Add `dsaml embed` (and `dsaml export-imagebind-audio`)."""
+    p = sub.add_parser("embed", help="one global embedding per audio file, as training computes it",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("audio", nargs="+", help="audio files")
+    p.add_argument("--out", required=True, help="output .npy, shape [N, dim]")
+    p.add_argument("--encoder", choices=ENCODERS, default=None,
+                   help="default: imagebind when a checkpoint is configured, else musicnn")
+    p.add_argument("--checkpoint", default=None,
+                   help=f"imagebind .pth (or ${imagebind.CHECKPOINT_ENV}) / musicnn folder / vibenet .onnx")
+    p.add_argument("--start", type=float, default=15.0, help="excerpt start, s (DEAM clips: labels start at 15 s)")
+    p.add_argument("--duration", type=float, default=30.0, help="excerpt length, s")
+    p.add_argument("--whole", action="store_true", help="embed whole files (ignores --start/--duration)")
+    p.add_argument("--cache", default="data/cache", help="feature cache directory")
+    p.add_argument("--no-cache", action="store_true", help="compute without reading or writing the cache")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cli_embed)
+
+
+def _cli_embed(args) -> int:
+    name = args.encoder or default_encoder_name(args.checkpoint)
+    encoder = get_encoder(name, args.checkpoint, args.device)
+    cache = None if args.no_cache else FeatureCache(args.cache)
+    start, duration = (None, None) if args.whole else (args.start, args.duration)
+    vectors = [embed_song(encoder, p, cache, start, duration)
+               for p in tqdm(args.audio, desc=f"embed ({name})", unit="file")]
+    out = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, encoder.dim), np.float32)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out, out)
+    print(f"wrote {out.shape[0]} x {out.shape[1]} {name} embeddings to {args.out}")
+    return 0
+
+
+def _register_export(sub) -> None:
+    """Add `dsaml export-imagebind-audio`."""
+    p = sub.add_parser("export-imagebind-audio", help="keep only the audio weights of imagebind_huge.pth")
+    p.add_argument("--checkpoint", required=True, help="imagebind_huge.pth (or an audio-only file)")
+    p.add_argument("--out", required=True, help="where to write the audio-only checkpoint")
+    p.set_defaults(func=_cli_export)
+
+
+def _cli_export(args) -> int:
+    n = imagebind.export_audio_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {n} audio tensors to {args.out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `dsaml model-summary`, `dsaml embed` and `dsaml export-imagebind-audio`."""
+    _register_summary(subparsers)
+    _register_embed(subparsers)
+    _register_export(subparsers)

@@ -1,0 +1,117 @@
+"""`dsaml train` and `dsaml experiment`: options that describe a run, and the commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dsaml_utils.errors import UserError
+from dsaml_utils.evaluation.report import format_metrics
+from dsaml_utils.evaluation.run import evaluate_run
+from dsaml_utils.experiments.runner import run_experiment
+from dsaml_utils.experiments.specs import EXPERIMENTS
+from dsaml_utils.experiments.tables import format_table
+from dsaml_utils.plots.base import markdown_table
+from dsaml_utils.training.config import RunConfig, apply_overrides, preset
+from dsaml_utils.training.trainer import train
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig that `dsaml train` options describe (preset, then options, then --set overrides)."""
+    cfg = preset(args.preset)
+    if args.dataset:
+        cfg.dataset = args.dataset
+        if not args.root and args.dataset != "synthetic":
+            raise UserError(f"--dataset {args.dataset} needs --root (the dataset folder)")
+    if args.root:
+        cfg.root = args.root
+    cfg.mode = args.mode
+    cfg.strategy = args.strategy
+    for name in ("model", "encoder", "encoder_checkpoint", "init"):
+        if getattr(args, name, None) is not None:
+            setattr(cfg, name, getattr(args, name))
+    if args.cache:
+        cfg.cache_dir = args.cache
+    for name in ("seed", "steps", "lr", "batch_size", "device"):
+        if getattr(args, name, None) is not None:
+            setattr(cfg.train, name, getattr(args, name))
+    if args.init:
+        cfg.init = str(Path(args.init))
+    apply_overrides(cfg, args.set or [])
+    return cfg.resolve()
+
+
+def _cli_train(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    summary = train(cfg, args.out, progress=not args.quiet)
+    print(f"run {args.out}: {summary.get('steps')} steps, selected {summary.get('selected')} "
+          f"(step {summary.get('selected_step')}, validation score {summary.get('best_val_score')}), "
+          f"{summary.get('train_wall_seconds')} s")
+    if args.evaluate:
+        print(format_metrics(evaluate_run(args.out, progress=not args.quiet)))
+    return 0
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `dsaml train` and `dsaml experiment`: preset, data, model and overrides."""
+    p.add_argument("--preset", choices=("paper", "quick"), default="quick", help="settings preset (default quick)")
+    p.add_argument("--dataset", choices=("deam", "pmemo", "synthetic"), help="dataset (default: the preset's)")
+    p.add_argument("--root", help="dataset folder (default: the preset's)")
+    p.add_argument("--model", help="model name (model.MODELS; default dsaml)")
+    p.add_argument("--encoder", help="global encoder: auto, imagebind, musicnn, vibenet or none")
+    p.add_argument("--encoder-checkpoint", help="ImageBind .pth, musicnn folder or vibenet .onnx")
+    p.add_argument("--steps", type=int, help="updates / meta-updates")
+    p.add_argument("--lr", type=float, help="Adam learning rate (MAML's outer learning rate)")
+    p.add_argument("--batch-size", type=int, help="windows per update (mode dmer)")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--cache", help="feature cache folder (default data/cache)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override any config field, e.g. meta.inner_steps=8 or model_config.n_layers=3 "
+                        "(VALUE is JSON; repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _register_train(subparsers) -> None:
+    """Add `dsaml train`."""
+    p = subparsers.add_parser("train", help="train a DMER model or meta-train a PDMER model (resumable)")
+    p.add_argument("--mode", choices=("dmer", "pdmer"), required=True,
+                   help="dmer: supervised training; pdmer: MAML meta-training")
+    p.add_argument("--strategy", choices=("personalized", "traditional"),
+                   help="labels/tasks per listener or mean labels (default: personalized for pdmer, "
+                        "traditional for dmer)")
+    p.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--init", help="start from the weights of this trained run")
+    p.add_argument("--evaluate", action="store_true", help="evaluate the run when training ends")
+    add_run_options(p)
+    p.set_defaults(func=_cli_train)
+
+
+def _cli_experiment(args: argparse.Namespace) -> int:
+
+    args.mode, args.strategy, args.init, args.seed = "dmer", None, None, None
+    base = config_from_args(args)
+    for name in args.names:
+        if name not in EXPERIMENTS:
+            raise UserError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    for name in args.names:
+        df, _, (md, csv) = run_experiment(name, base, args.seeds, args.out, args.tables, progress=not args.quiet)
+        print(f"\n{EXPERIMENTS[name]['title']}\n{markdown_table(format_table(df))}\n-> {md}, {csv}")
+    return 0
+
+
+def _register_experiment(subparsers) -> None:
+    """Add `dsaml experiment`."""
+    p = subparsers.add_parser("experiment", help="train/reuse runs over seeds and build the paper's tables")
+    p.add_argument("names", nargs="+", metavar="NAME", help=f"experiments: {', '.join(EXPERIMENTS)}")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    p.add_argument("--out", default="runs/experiments", help="runs folder (default runs/experiments)")
+    p.add_argument("--tables", help="where tables go (default <out>/tables)")
+    add_run_options(p)
+    p.set_defaults(func=_cli_experiment)
+
+
+def register(subparsers) -> None:
+    """Add `dsaml train` and `dsaml experiment`."""
+    _register_train(subparsers)
+    _register_experiment(subparsers)

@@ -1,0 +1,1 @@
+"""Stage 3, global encoders: one frozen pretrained embedding per song excerpt (ImageBind, musicnn, vibenet)."""

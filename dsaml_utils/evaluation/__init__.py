@@ -1,0 +1,1 @@
+"""Stage 7, evaluation: the DMER and PDMER protocols, metrics.json, printed reports, curve files."""

@@ -1,0 +1,143 @@
+"""Evaluation of trained runs (DMER and PDMER), `dsaml evaluate` and"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dsaml_utils.data.types import MEAN, MusicDataset, is_flat
+from dsaml_utils.features.songs import Item, SongData, score_listener_song
+from dsaml_utils.meta.listener import adapt_to_listener, support_items
+from dsaml_utils.metrics import aggregate_songs, score_song
+from dsaml_utils.models.inference import predict_song
+from dsaml_utils.seeding import (
+    ADAPT_KSHOT,
+    ADAPT_SAME_SONG,
+    EVAL_ORDER,
+    generator,
+    torch_seed,
+)
+from dsaml_utils.training.config import RunConfig
+
+
+def evaluate_dmer(model, store: dict[str, SongData], song_ids: list[str], cfg: RunConfig,
+                  device: str | torch.device = "cpu") -> dict:
+    """Per-song scores against the MEAN curve and their aggregate, for the songs in the store."""
+    rows = []
+    for sid in song_ids:
+        if sid not in store:
+            continue
+        sd = store[sid]
+        pred = predict_song(model, sd, cfg.train.window, cfg.eval.hop, device=device)
+        rows.append({"song_id": sid, "steps": len(sd.times), **score_listener_song(pred, sd, MEAN)})
+    if not rows:
+        return {"skipped": "no test song with audio and labels"}
+    return {"summary": _aggregate(rows, cfg), "per_song": rows}
+
+
+def held_out_listeners(ds: MusicDataset, store: dict[str, SongData], train_ids: list[str],
+                       test_ids: list[str], cfg: RunConfig) -> tuple[dict[str, list[str]], list[str]]:
+    """(listener -> their test songs, notes): listeners never seen in training, non-flat curves only."""
+    seen = {lst for sid in train_ids if sid in ds.songs for lst in ds.songs[sid].listeners}
+    songs: dict[str, list[str]] = {}
+    for sid in test_ids:
+        if sid not in store:
+            continue
+        for lst in ds.songs[sid].listeners:
+            start, stop = store[sid].span(lst)
+            if stop - start < 2:
+                continue
+            if cfg.tasks.flat_threshold > 0 and is_flat(ds.songs[sid].curves[lst], cfg.tasks.flat_threshold,
+                                                        cfg.tasks.flat_window):
+                continue
+            songs.setdefault(lst, []).append(sid)
+    notes = []
+    unseen = {k: v for k, v in songs.items() if k not in seen}
+    if cfg.eval.unseen_listeners_only:
+        if unseen or not songs:
+            songs = unseen
+        else:
+            notes.append("no test-song listener is absent from the training songs: PDMER uses every test-song "
+                         "listener (they were seen in training)")
+    return dict(sorted(songs.items())), notes
+
+
+def evaluate_pdmer(model, ds: MusicDataset, store: dict[str, SongData], train_ids: list[str],
+                   test_ids: list[str], cfg: RunConfig, device: str | torch.device = "cpu",
+                   progress: bool = True) -> dict:
+    """k-shot personalization on held-out listeners: adapted and no-adaptation scores per query pair."""
+    listeners, notes = held_out_listeners(ds, store, train_ids, test_ids, cfg)
+    if not listeners:
+        return {"skipped": "no listener curves on the test songs (the dataset has no rater identities)",
+                "notes": notes}
+    W, hop, seed = cfg.train.window, cfg.eval.hop, cfg.train.seed
+    plain_pred = {}  # song -> prediction without adaptation (the same for every listener)
+    out = {"listeners": len(listeners), "songs_per_listener": {k: len(v) for k, v in listeners.items()},
+           "notes": notes, "kshot": {}}
+    jobs = [(k, i, lst, d) for k in cfg.eval.kshots for i, lst in enumerate(listeners)
+            for d in range(min(cfg.eval.draws, len(listeners[lst]))) if len(listeners[lst]) > k]
+    rows: dict[int, dict[str, list]] = {k: {"adapted": [], "no_adaptation": []} for k in cfg.eval.kshots}
+    for k, i, lst, d in tqdm(jobs, desc="personalize", unit="listener", disable=not progress, leave=False):
+        songs = listeners[lst]
+        # one seeded order per listener; draw d rolls it by d, so draws use different support songs
+        perm = np.roll(generator(seed, EVAL_ORDER, i).permutation(len(songs)), -d)
+        order = [songs[j] for j in perm]
+        support, query = order[:k], order[k:]
+        params = adapt_to_listener(model, store, support_items(store, support, lst, cfg.train.window, cfg.eval.support_steps),
+                                   cfg.meta, cfg.train.window, seed=torch_seed(seed, ADAPT_KSHOT, i, d), device=device)
+        for sid in query:
+            sd = store[sid]
+            if sid not in plain_pred:
+                plain_pred[sid] = predict_song(model, sd, W, hop, device=device)
+            base = {"listener": lst, "song_id": sid, "draw": d, "support": support}
+            rows[k]["adapted"].append({**base, **score_listener_song(
+                predict_song(model, sd, W, hop, params, device), sd, lst)})
+            rows[k]["no_adaptation"].append({**base, **score_listener_song(plain_pred[sid], sd, lst)})
+    for k in cfg.eval.kshots:
+        if not rows[k]["adapted"]:
+            out["kshot"][str(k)] = {"skipped": f"no held-out listener has more than {k} song(s)"}
+            continue
+        out["kshot"][str(k)] = {
+            "listeners": len({r["listener"] for r in rows[k]["adapted"]}),
+            "pairs": len(rows[k]["adapted"]),
+            "adapted": {"summary": _aggregate(rows[k]["adapted"], cfg), "per_pair": rows[k]["adapted"]},
+            "no_adaptation": {"summary": _aggregate(rows[k]["no_adaptation"], cfg),
+                              "per_pair": rows[k]["no_adaptation"]},
+        }
+    if cfg.eval.same_song:
+        out["same_song"] = _same_song(model, store, listeners, cfg, plain_pred, device, progress)
+    return out
+
+
+def _same_song(model, store: dict[str, SongData], listeners: dict[str, list[str]], cfg: RunConfig,
+               plain_pred: dict, device, progress: bool) -> dict:
+    """The authors' full-song protocol: adapt on the first support steps of a song, score the rest of it."""
+    W, hop, seed = cfg.train.window, cfg.eval.hop, cfg.train.seed
+    n_sup = min(cfg.eval.support_steps or W, W)
+    rows = {"adapted": [], "no_adaptation": []}
+    jobs = [(i, lst, sid) for i, lst in enumerate(listeners) for sid in listeners[lst]]
+    for i, lst, sid in tqdm(jobs, desc="same-song", unit="pair", disable=not progress, leave=False):
+        sd = store[sid]
+        start, stop = sd.span(lst)
+        if stop - start < n_sup + 2:  # nothing left to score
+            continue
+        params = adapt_to_listener(model, store, [Item(sid, lst, start, n_sup)], cfg.meta, cfg.train.window,
+                                   seed=torch_seed(seed, ADAPT_SAME_SONG, i),
+                                   device=device)
+        if sid not in plain_pred:
+            plain_pred[sid] = predict_song(model, sd, W, hop, device=device)
+        rest = slice(start + n_sup, stop)
+        base = {"listener": lst, "song_id": sid, "scored_steps": stop - start - n_sup}
+        y = sd.labels[lst][rest]
+        rows["adapted"].append({**base, **score_song(predict_song(model, sd, W, hop, params, device)[rest], y)})
+        rows["no_adaptation"].append({**base, **score_song(plain_pred[sid][rest], y)})
+    if not rows["adapted"]:
+        return {"skipped": f"no held-out listener curve is longer than {n_sup + 1} steps"}
+    return {"pairs": len(rows["adapted"]), "support_steps": n_sup,
+            **{k: {"summary": _aggregate(v, cfg), "per_pair": v} for k, v in rows.items()}}
+
+
+def _aggregate(rows: list[dict], cfg: RunConfig) -> dict:
+    scores = [{k: v for k, v in r.items() if isinstance(v, float)} for r in rows]
+    return aggregate_songs(scores, method=cfg.eval.interval, seed=cfg.train.seed)

@@ -1,0 +1,55 @@
+"""Plain-text tables of one run's metrics (95% intervals) or of several runs (mean +- std)."""
+
+from __future__ import annotations
+
+import math
+
+from dsaml_utils.evaluation.results import combine_runs
+from dsaml_utils.metrics import DIMENSIONS
+
+HEADLINE_METRICS = ("ccc", "pcc", "rmse")
+"""Metrics shown in the printed tables (metrics.json holds all of metrics.METRICS)."""
+
+
+def format_metrics(metrics: dict | list[dict], k: int = 1) -> str:
+    """A plain-text table of one run's metrics (with 95% intervals) or of several runs (mean +- std)."""
+    many = isinstance(metrics, list)
+    runs = metrics if many else [metrics]
+    rows = {"dmer": "DMER (test songs, mean labels)", "pdmer": f"PDMER {k}-shot, adapted",
+            "pdmer_no_adaptation": f"PDMER {k}-shot, no adaptation",
+            "pdmer_same_song": "PDMER same song, adapted", "pdmer_same_song_no_adaptation": "PDMER same song, no adapt."}
+    cols = [f"{d}_{m}" for d in DIMENSIONS for m in HEADLINE_METRICS]
+    lines = [f"{'':34}" + "".join(f"{c:>22}" for c in cols)]
+    if many:
+        comb = combine_runs(runs, k)
+        for part, title in rows.items():
+            if part in comb:
+                cells = [f"{comb[part][c]['mean']:.3f} ± {_fmt(comb[part][c]['std'])}" if c in comb[part] else "-"
+                         for c in cols]
+                lines.append(f"{title:34}" + "".join(f"{c:>22}" for c in cells))
+        lines.append(f"mean ± std over {len(runs)} run(s): " + ", ".join(str(m.get('run')) for m in runs))
+    else:
+        m = runs[0]
+        ks = m.get("pdmer", {}).get("kshot", {}).get(str(k), {})
+        same = m.get("pdmer", {}).get("same_song", {})
+        summaries = {"dmer": m.get("dmer", {}).get("summary"),
+                     "pdmer": ks.get("adapted", {}).get("summary"),
+                     "pdmer_no_adaptation": ks.get("no_adaptation", {}).get("summary"),
+                     "pdmer_same_song": same.get("adapted", {}).get("summary"),
+                     "pdmer_same_song_no_adaptation": same.get("no_adaptation", {}).get("summary")}
+        for part, title in rows.items():
+            s = summaries[part]
+            if s:
+                cells = [f"{s[c]['mean']:.3f} [{_fmt(s[c]['lo'])}, {_fmt(s[c]['hi'])}]" if c in s else "-"
+                         for c in cols]
+                lines.append(f"{title:34}" + "".join(f"{c:>22}" for c in cells))
+        lines.append(f"run {m.get('run')} (seed {m.get('seed')}, {m.get('mode')}/{m.get('strategy')}, "
+                     f"{m.get('model')}, preset {m.get('preset')}); 95% intervals over songs / pairs")
+        for part in ("dmer", "pdmer"):
+            if "skipped" in m.get(part, {}):
+                lines.append(f"{part}: skipped ({m[part]['skipped']})")
+    return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"

@@ -1,0 +1,1 @@
+"""The paper's comparisons over seeds, personalizing one listener from files, and the bench."""

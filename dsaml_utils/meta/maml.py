@@ -1,0 +1,154 @@
+"""MAML for personalization (PDMER), in plain torch with torch.func.
+
+A task is one listener: ``(support_batch, query_batch)``, two batches in the shared model-input format
+("mel", "global", "mask", "y" [B, T, 2], ...). The inner loop adapts a copy of the parameters to the
+support batch by plain SGD; the meta-loss is the query loss at the adapted parameters, averaged over the
+tasks of a meta-batch; the outer optimizer (Adam) steps on its gradient.
+
+The reference meta-loss here runs the tasks one after the other; `dsaml_utils.meta.batched` runs them at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from dsaml_utils.metrics import dsaml_loss
+
+Batch = dict[str, torch.Tensor]
+
+
+Task = tuple[Batch, Batch]
+
+
+LossFn = Callable[[dict, Batch], torch.Tensor]  # (model output, batch) -> scalar loss
+
+
+TIME_KEYS = ("mel", "wave", "frames", "mask", "y")
+"""Batch keys with a time axis (dim 1); tasks of unequal length are padded along it when stacked."""
+
+
+@dataclass
+class MetaConfig:
+    """MAML hyper-parameters (defaults: the authors' code and the paper)."""
+
+    inner_lr: float = 5e-3  # SGD step size of the inner (adaptation) loop
+    inner_steps: int = 16  # SGD steps on the support batch per task
+    tasks_per_step: int = 16  # tasks (listeners) per meta-step
+    first_order: bool = True  # authors: first-order MAML; False differentiates through the inner loop
+    outer_lr: float = 5e-5  # Adam learning rate of the meta-update
+    meta_steps: int = 2000  # meta-updates (paper: 2000 episodes)
+    support_songs: int = 1  # songs a listener annotates for adaptation
+    query_songs: int = 15  # songs per task on which the adapted model is scored
+    task_chunk: int | None = None  # batched path: tasks per vmap chunk (None = all at once; less memory)
+    inner_params: tuple[str, ...] = ()  # name prefixes of the parameters the inner loop adapts; () = all of
+
+
+def inner_names(params: dict[str, torch.Tensor], prefixes: Sequence[str] = ()) -> list[str]:
+    """The names in `params` that the inner loop adapts: all, or those starting with one of `prefixes`."""
+    if not prefixes:
+        return list(params)
+    names = [k for k in params if any(k == p or k.startswith(p.rstrip(".") + ".") for p in prefixes)]
+    if not names:
+        raise ValueError(f"meta.inner_params {tuple(prefixes)} matches no parameter (names look like "
+                         f"{next(iter(params), '?')!r})")
+    return names
+
+
+def default_loss(out: dict, batch: Batch) -> torch.Tensor:
+    """The authors' loss: DSAML curve loss on out["pred"] vs batch["y"] plus the model's aux loss."""
+    loss = dsaml_loss(out["pred"], batch["y"], batch.get("mask"))
+    aux = out.get("aux_loss")
+    return loss if aux is None else loss + aux
+
+
+def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters MAML adapts and meta-learns: every one that requires grad."""
+    return {k: v for k, v in model.named_parameters() if v.requires_grad}
+
+
+def _stat_buffer_names(model: nn.Module) -> list[str]:
+    """Names of the BatchNorm running-statistic buffers that a train-mode forward updates in place."""
+    names = []
+    for prefix, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training and mod.track_running_stats:
+            for b in ("running_mean", "running_var", "num_batches_tracked"):
+                if getattr(mod, b, None) is not None:
+                    names.append(f"{prefix}.{b}" if prefix else b)
+    return names
+
+
+def _write_back_mean(model: nn.Module, per_task: dict[str, torch.Tensor]) -> None:
+    """Set the model's running statistics to the mean over tasks (dim 0) of the per-task copies."""
+    own = dict(model.named_buffers())
+    with torch.no_grad():
+        for k, v in per_task.items():
+            own[k].copy_(v.mean(0) if v.is_floating_point() else v[0])
+
+
+@contextlib.contextmanager
+def _meta_context(second_order: bool) -> Iterator[None]:
+    """MATH attention kernel and no cuDNN when differentiating twice; nothing otherwise."""
+    if not second_order:
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH), torch.backends.cudnn.flags(enabled=False):
+        yield
+
+
+def adapt(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+          support_batch: Batch, loss_fn: LossFn = default_loss, steps: int = 16, lr: float = 5e-3,
+          create_graph: bool = False, only: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """`steps` SGD steps on the support batch from `params`; returns the adapted parameters.
+
+    With create_graph the result is differentiable to second order in `params`; without it the inner
+    gradients are constants (first order), but the result still depends on `params` (identity Jacobian).
+    `only`: name prefixes of the parameters to adapt (MetaConfig.inner_params); the rest pass through.
+    """
+    names = inner_names(params, only)
+    for _ in range(steps):
+        out = functional_call(model, (params, buffers), (support_batch,))
+        loss = loss_fn(out, support_batch)
+        grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph,
+                                    allow_unused=True)
+        params = dict(params, **{k: params[k] - lr * g for k, g in zip(names, grads) if g is not None})
+    return params
+
+
+def meta_loss_loop(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig = MetaConfig(),
+                   loss_fn: LossFn = default_loss) -> torch.Tensor:
+    """Mean query loss over tasks after adapting to each support batch, one task at a time."""
+    if not tasks:
+        raise ValueError("meta-batch has no tasks")
+    params = trainable_params(model)
+    buffers = dict(model.named_buffers())
+    stat_names = _stat_buffer_names(model)
+    losses, stats = [], []
+    with _meta_context(not cfg.first_order):
+        for support, query in tasks:
+            # each task gets its own copy of the running statistics
+            bufs = dict(buffers, **{k: buffers[k].clone() for k in stat_names})
+            fast = adapt(model, params, bufs, support, loss_fn, cfg.inner_steps, cfg.inner_lr,
+                         create_graph=not cfg.first_order, only=cfg.inner_params)
+            losses.append(loss_fn(functional_call(model, (fast, bufs), (query,)), query))
+            stats.append({k: bufs[k] for k in stat_names})
+    if stat_names:
+        _write_back_mean(model, {k: torch.stack([s[k] for s in stats]) for k in stat_names})
+    return torch.stack(losses).mean()
+
+
+def personalize(model: nn.Module, support_batch: Batch, cfg: MetaConfig = MetaConfig(),
+                loss_fn: LossFn = default_loss) -> dict[str, torch.Tensor]:
+    """Adapted parameters (detached) for one new listener from their annotated support songs."""
+    params = {k: v.detach().requires_grad_(True) for k, v in trainable_params(model).items()}
+    # copies, so that adapting in train mode leaves the model's running statistics alone
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    fast = adapt(model, params, buffers, support_batch, loss_fn, cfg.inner_steps, cfg.inner_lr,
+                 only=cfg.inner_params)
+    return {k: v.detach() for k, v in fast.items()}

@@ -1,0 +1,57 @@
+"""Whole-song prediction: sliding windows over a song, overlapping predictions averaged."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from dsaml_utils.data.types import MEAN
+from dsaml_utils.errors import UserError
+from dsaml_utils.features.songs import Batch, Item, SongData, make_batch, window_starts
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def predict_song(model: nn.Module, sd: SongData, window: int, hop: int, params: dict | None = None,
+                 device: str | torch.device = "cpu", chunk: int = 16) -> np.ndarray:
+    """[T, 2] prediction for a whole song: sliding windows, overlapping predictions averaged (eval mode)."""
+    was_training = model.training
+    model.eval()
+    T = len(sd.times)
+    keys = tuple(getattr(model, "inputs", ("mel", "mask")))
+    hop = max(1, min(hop, window))  # windows must cover every step
+    items = [Item(sd.song_id, MEAN, s, min(window, T - s)) for s in window_starts(T, window, hop)]
+    store = {sd.song_id: _unlabelled(sd)}
+    total = np.zeros((T, 2), dtype=np.float64)
+    count = np.zeros(T, dtype=np.float64)
+    for i in range(0, len(items), chunk):
+        part = items[i:i + chunk]
+        batch = make_batch(store, part, window, keys, device)
+        out = predict_with(model, params, batch) if params is not None else model(batch)
+        pred = out["pred"].float().cpu().numpy()
+        for b, it in enumerate(part):
+            total[it.start:it.start + it.length] += pred[b, :it.length]
+            count[it.start:it.start + it.length] += 1
+    model.train(was_training)
+    return (total / count[:, None]).astype(np.float32)
+
+
+def _unlabelled(sd: SongData) -> SongData:
+    """The song with a zero 'mean' curve, for prediction of songs whose labels are unknown or irrelevant."""
+    return SongData(sd.song_id, sd.times, sd.inputs, {MEAN: np.zeros((len(sd.times), 2), np.float32)})
+
+
+@torch.no_grad()
+def predict_with(model: nn.Module, params: dict[str, torch.Tensor], batch: Batch) -> dict:
+    """The model's output on a batch with the given (e.g. personalized) parameters."""
+    return functional_call(model, params, (batch,))

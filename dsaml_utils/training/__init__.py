@@ -1,0 +1,1 @@
+"""Stage 6, training: run configuration and presets, splits and sampling, the trainer, run folders."""

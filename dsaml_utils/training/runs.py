@@ -1,0 +1,43 @@
+"""A run folder: its config, its trained model, and whether a folder holds the same run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dsaml_utils.errors import UserError
+from dsaml_utils.io.atomic import load_checkpoint
+from dsaml_utils.models.registry import build_model
+from dsaml_utils.training.config import RunConfig
+
+
+def load_run_model(run: str | Path, device: str | torch.device = "cpu", which: str = "model"):
+    """(RunConfig, model in eval mode) of a trained run; which = "model" (model.pt), "best" or "checkpoint"."""
+    run = Path(run)
+    cfg = RunConfig.load(run / "config.json")
+    model = build_model(cfg.model, cfg.preset, **cfg.model_overrides())
+    state = load_checkpoint(run / f"{which}.pt", device)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise UserError(f"{run / f'{which}.pt'}: weights do not fit model {cfg.model!r} ({exc})") from None
+    return cfg, model.to(device).eval()
+
+
+def _sort_key(sid: str):
+    return (0, int(sid), sid) if sid.isdigit() else (1, 0, sid)
+
+
+def _dict_diff(a: dict, b: dict, prefix: str = "") -> str:
+    """The first few differing keys of two nested dicts, as 'key: old -> new'."""
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            sub = _dict_diff(x, y, f"{prefix}{k}.")
+            if sub:
+                diffs.append(sub)
+        elif x != y:
+            diffs.append(f"{prefix}{k}: {x!r} -> {y!r}")
+    return "; ".join(diffs[:4])

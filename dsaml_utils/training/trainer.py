@@ -1,0 +1,336 @@
+"""Runs. `train(cfg, out)` writes into the run folder `out`:
+  config.json      the RunConfig (a rerun with a different config is refused)
+  checkpoint.pt    model, optimizer, torch RNG state, step, config, best score, history (atomic, every
+                   `train.checkpoint_every` updates): a killed run started again with the same command
+                   continues from it and loses at most that many updates
+  best.pt          weights with the best validation score so far
+  history.json     training loss and validation scores per evaluation
+  model.pt         the weights evaluation uses (best or last, `train.select`), written when training ends
+Resumption is exact: the data order, the task draws and the dropout seed of update `s` are functions of
+(seed, s) only, so an interrupted run ends with the same weights as an uninterrupted one.
+
+Validation. Mode dmer: `train.val_fraction` of the training songs (mean labels), scored by sliding-window
+prediction. Mode pdmer: that fraction of the task listeners is held out of meta-training; each is adapted
+on one support song and scored on up to 15 of their other songs. The score is the mean of
+arousal and valence CCC (higher is better).
+
+`--init RUN` starts from another run's model.pt (e.g. MAML from a DMER-trained model). The paper does
+not say that the authors pretrain before meta-training, so the default is from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from dsaml_utils.data.registry import load_dataset
+from dsaml_utils.data.types import MEAN, MusicDataset, personalized_tasks
+from dsaml_utils.errors import UserError
+from dsaml_utils.features.cache import FeatureCache
+from dsaml_utils.features.songs import make_batch, random_item, score_listener_song
+from dsaml_utils.io.atomic import atomic_write_text, load_checkpoint, save_checkpoint
+from dsaml_utils.meta import batched as meta_batched
+from dsaml_utils.meta import maml
+from dsaml_utils.meta.listener import adapt_to_listener, support_items
+from dsaml_utils.metrics import mean_ccc, score_song
+from dsaml_utils.models.inference import predict_song, resolve_device
+from dsaml_utils.models.registry import build_model
+from dsaml_utils.seeding import (
+    ADAPT_VALIDATION,
+    TORCH_STEP,
+    VALIDATION,
+    WINDOW,
+    generator,
+    torch_seed,
+)
+from dsaml_utils.training.config import RunConfig
+from dsaml_utils.training.runs import _dict_diff, _sort_key, load_run_model
+from dsaml_utils.training.sampling import (
+    VAL_QUERY_SONGS,
+    batch_indices,
+    make_task_pool,
+    sample_tasks,
+    split_validation,
+)
+from dsaml_utils.training.store import build_store
+
+
+class Stop(Exception):
+    """Raised by a step callback to stop training (the run can be resumed)."""
+
+
+class Trainer:
+    """One run: data, model, optimizer, update loop, validation and checkpoints (see the module docstring)."""
+
+    def __init__(self, cfg: RunConfig, out: str | Path, ds: MusicDataset | None = None,
+                 cache: FeatureCache | None = None, progress: bool = True):
+
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.device = resolve_device(cfg.train.device)
+        self._check_config()
+        if ds is None and cfg.dataset == "synthetic" and not Path(cfg.root).is_dir():
+            raise UserError(f"{cfg.root}: no synthetic dataset there; generate it with `dsaml synth --out {cfg.root}`")
+        self.ds = ds if ds is not None else load_dataset(cfg.dataset, cfg.root)
+        t = cfg.train
+        test = set(self.ds.test_ids)
+        train_ids = [s for s in self.ds.train_ids if s not in test]
+        if not train_ids:
+            raise UserError(f"{self.ds.root}: the dataset has no training songs")
+
+        # model first (its initial weights depend only on the seed)
+        torch.manual_seed(t.seed)
+        self.model = build_model(cfg.model, cfg.preset, **cfg.model_overrides()).to(self.device)
+        if cfg.init:
+            _, init_model = load_run_model(cfg.init, self.device)
+            try:
+                self.model.load_state_dict(init_model.state_dict())
+            except RuntimeError as exc:
+                raise UserError(f"--init {cfg.init}: its model does not fit this run's model ({exc})") from None
+        self.keys = tuple(getattr(self.model, "inputs", ("mel", "mask")))
+
+        # data split: validation songs (dmer) or validation listeners (pdmer)
+        listener_songs = personalized_tasks(self.ds, train_ids, cfg.tasks)
+        if cfg.maml:
+            fit_listeners, self.val_listeners = split_validation(list(listener_songs), t.val_fraction, t.seed)
+            self.fit_ids, self.val_ids = train_ids, []
+        else:
+            self.fit_ids, self.val_ids = split_validation(train_ids, t.val_fraction, t.seed)
+            fit_listeners, self.val_listeners = list(listener_songs), []
+        fit_set = set(self.fit_ids)
+        self.listener_songs = {k: [s for s in v if s in fit_set] for k, v in listener_songs.items()
+                               if k in set(fit_listeners)}
+        self.val_listener_songs = {k: listener_songs[k] for k in self.val_listeners}
+        needed = sorted(set(self.fit_ids) | set(self.val_ids)
+                        | {s for v in self.val_listener_songs.values() for s in v}, key=_sort_key)
+        self.store = build_store(self.ds, needed, cfg, self.model, cache, progress=progress)
+        self._drop_missing()
+
+        if cfg.maml:
+            songs = [s for s in self.fit_ids if s in self.store]
+            self.pool = make_task_pool(cfg.strategy, self.listener_songs, songs, cfg.meta.support_songs,
+                                       cfg.meta.query_songs)
+        else:
+            if cfg.strategy == "personalized":
+                self.samples = [(s, lst) for lst, v in self.listener_songs.items() for s in v]
+            else:
+                self.samples = [(s, MEAN) for s in self.fit_ids if s in self.store]
+            if not self.samples:
+                raise UserError("no training samples (songs with audio and labels)")
+        self.val_plan = self._validation_plan()
+        params = maml.trainable_params(self.model)
+        self.optimizer = torch.optim.Adam(params.values(), lr=t.lr)
+        self.step = 0
+        self.best = {"score": -math.inf, "step": -1}
+        self.history: list[dict] = []
+        self._losses: list[float] = []
+        self.wall = 0.0
+        self.cfg.save(self.out / "config.json")  # only once the run could be set up
+
+    # ---- setup helpers
+
+    def _check_config(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "config.json"
+        if path.is_file():
+            old = RunConfig.load(path)
+            if old.settings() != self.cfg.settings():
+                diff = _dict_diff(old.settings(), self.cfg.settings())
+                raise UserError(f"{self.out}: holds a run with a different config ({diff}); "
+                                "use another --out, or the same options to resume it")
+
+    def _drop_missing(self) -> None:
+        have = set(self.store)
+        self.fit_ids = [s for s in self.fit_ids if s in have]
+        self.val_ids = [s for s in self.val_ids if s in have]
+        for d in (self.listener_songs, self.val_listener_songs):
+            for k in list(d):
+                d[k] = [s for s in d[k] if s in have and self.store[s].span(k)[1] > self.store[s].span(k)[0]]
+
+    def _validation_plan(self) -> list[tuple[str, list[str], list[str]]]:
+        """Fixed (listener, support songs, query songs) for pdmer validation."""
+        plan = []
+        for i, lst in enumerate(sorted(self.val_listener_songs)):
+            songs = self.val_listener_songs[lst]
+            if len(songs) < 2:
+                continue
+            perm = generator(self.cfg.train.seed, VALIDATION, i).permutation(len(songs))
+            songs = [songs[j] for j in perm]
+            plan.append((lst, songs[:1], songs[1:1 + VAL_QUERY_SONGS]))
+        return plan
+
+    # ---- state
+
+    def state(self) -> dict:
+        """Everything needed to continue exactly where this run is."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "rng": {"torch": torch.get_rng_state()},
+            "config": self.cfg.to_json(),
+            "best": dict(self.best),
+            "history": json.dumps(self.history),
+            "wall_seconds": self.wall,
+            "pending_losses": torch.tensor(self._losses, dtype=torch.float64),
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Restore a state written by `state()`."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.best = {"score": float(state["best"]["score"]), "step": int(state["best"]["step"])}
+        self.history = json.loads(state["history"])
+        self.wall = float(state.get("wall_seconds", 0.0))
+        self._losses = [float(x) for x in state.get("pending_losses", torch.zeros(0)).tolist()]
+
+    def save(self) -> None:
+        """checkpoint.pt and history.json, both atomically."""
+        save_checkpoint(self.out / "checkpoint.pt", self.state())
+        atomic_write_text(self.out / "history.json", json.dumps(self.history, indent=1) + "\n")
+
+    # ---- one update
+
+    def update(self) -> float:
+        """One optimizer update (dmer) or meta-update (pdmer) for step self.step."""
+        cfg, t = self.cfg, self.cfg.train
+        torch.manual_seed(torch_seed(t.seed, TORCH_STEP, self.step))
+        rng = generator(t.seed, WINDOW, self.step)
+        self.model.train()
+        if cfg.maml:
+            tasks = []
+            for sup, qry in sample_tasks(self.pool, cfg.meta.tasks_per_step, t.seed, self.step):
+                s_items = [random_item(self.store, s, lst, t.window, rng) for s, lst in sup]
+                q_items = [random_item(self.store, s, lst, t.window, rng) for s, lst in qry]
+                tasks.append((make_batch(self.store, s_items, t.window, self.keys, self.device),
+                              make_batch(self.store, q_items, t.window, self.keys, self.device)))
+            if t.grad_clip is None:
+                return meta_batched.meta_step(self.model, self.optimizer, tasks, cfg.meta, batched=t.batched_meta)
+            self.optimizer.zero_grad(set_to_none=True)
+            fn = meta_batched.meta_loss_batched if t.batched_meta else maml.meta_loss_loop
+            loss = fn(self.model, tasks, cfg.meta)
+        else:
+            idx = batch_indices(len(self.samples), t.batch_size, t.seed, self.step)
+            items = [random_item(self.store, *self.samples[i], t.window, rng) for i in idx]
+            batch = make_batch(self.store, items, t.window, self.keys, self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = maml.default_loss(self.model(batch), batch)
+        loss.backward()
+        if t.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    # ---- validation
+
+    def validate(self) -> dict[str, float]:
+        """Validation scores of the current weights (see the module docstring)."""
+        cfg = self.cfg
+        W, hop = cfg.train.window, cfg.eval.hop
+        if not cfg.maml:
+            if not self.val_ids:
+                return {}
+            scores = [score_song(predict_song(self.model, self.store[s], W, hop, device=self.device),
+                                 self.store[s].labels[MEAN]) for s in self.val_ids]
+            return {"val_score": mean_ccc(scores), "val_songs": len(scores)}
+        adapted, plain = [], []
+        for i, (lst, sup, qry) in enumerate(self.val_plan):
+            items = support_items(self.store, sup, lst, cfg.train.window, cfg.eval.support_steps)
+            params = adapt_to_listener(self.model, self.store, items, cfg.meta, cfg.train.window,
+                                       seed=torch_seed(cfg.train.seed, ADAPT_VALIDATION, i), device=self.device)
+            for s in qry:
+                sd = self.store[s]
+                adapted.append(score_listener_song(predict_song(self.model, sd, W, hop, params, self.device), sd, lst))
+                plain.append(score_listener_song(predict_song(self.model, sd, W, hop, None, self.device), sd, lst))
+        if not adapted:
+            return {}
+        return {"val_score": mean_ccc(adapted), "val_score_no_adaptation": mean_ccc(plain), "val_pairs": len(adapted)}
+
+    # ---- loop
+
+    def run(self, max_steps_this_call: int | None = None,
+            callback: Callable[["Trainer"], None] | None = None) -> dict:
+        """Train until train.steps (resuming from checkpoint.pt); returns the summary (train_summary.json)."""
+        t = self.cfg.train
+        ckpt = self.out / "checkpoint.pt"
+        if ckpt.is_file():
+            self.load_state(load_checkpoint(ckpt, self.device))
+        done_now = 0
+        bar = tqdm(total=t.steps, initial=self.step, desc=f"train {self.cfg.mode}", unit="step",
+                   disable=not self.progress)
+        while self.step < t.steps:
+            if max_steps_this_call is not None and done_now >= max_steps_this_call:
+                bar.close()
+                return {"stopped_at": self.step, "complete": False}
+            t0 = time.perf_counter()
+            loss = self.update()
+            self.step += 1
+            done_now += 1
+            self._losses.append(loss)
+            last = self.step == t.steps
+            if (t.eval_every and self.step % t.eval_every == 0) or last:
+                self._record(self.validate())
+            self.wall += time.perf_counter() - t0
+            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or last:
+                self.save()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", best=f"{self.best['score']:.3f}")
+            if callback is not None:
+                callback(self)
+        bar.close()
+        return self.finish()
+
+    def _record(self, val: dict) -> None:
+        row = {"step": self.step, "loss": float(np.mean(self._losses)) if self._losses else math.nan, **val}
+        self._losses = []
+        self.history.append(row)
+        score = val.get("val_score")
+        if score is not None and score > self.best["score"]:
+            self.best = {"score": float(score), "step": self.step}
+            save_checkpoint(self.out / "best.pt", {"model": self.model.state_dict(), "step": self.step,
+                                                   "val_score": float(score)})
+
+    def finish(self) -> dict:
+        """Write model.pt (the selected weights) and train_summary.json."""
+        use_best = self.cfg.train.select == "best" and (self.out / "best.pt").is_file()
+        weights = load_checkpoint(self.out / "best.pt", self.device)["model"] if use_best else self.model.state_dict()
+        save_checkpoint(self.out / "model.pt", {"model": weights, "step": self.best["step"] if use_best else self.step})
+        summary = {
+            "complete": True,
+            "steps": self.step,
+            "selected": "best" if use_best else "last",
+            "selected_step": self.best["step"] if use_best else self.step,
+            "best_val_score": self.best["score"] if math.isfinite(self.best["score"]) else None,
+            "train_wall_seconds": round(self.wall, 2),
+            "fit_songs": len(self.fit_ids),
+            "val_songs": len(self.val_ids),
+            "task_listeners": len(self.listener_songs),
+            "val_listeners": len(self.val_plan),
+            "problems": list(self.ds.problems),
+        }
+        atomic_write_text(self.out / "train_summary.json", json.dumps(summary, indent=1) + "\n")
+        return summary
+
+
+def train(cfg: RunConfig, out: str | Path, *, ds: MusicDataset | None = None, cache: FeatureCache | None = None,
+          max_steps_this_call: int | None = None, callback: Callable[[Trainer], None] | None = None,
+          progress: bool = True) -> dict:
+    """Train (or resume, or return the summary of a finished run) into run folder `out`."""
+    out = Path(out)
+    if (out / "model.pt").is_file() and (out / "train_summary.json").is_file():
+        old = RunConfig.load(out / "config.json")
+        if old.settings() != cfg.settings():
+            raise UserError(f"{out}: holds a finished run with a different config "
+                            f"({_dict_diff(old.settings(), cfg.settings())}); use another --out")
+        return json.loads((out / "train_summary.json").read_text())
+    trainer = Trainer(cfg, out, ds=ds, cache=cache, progress=progress)
+    return trainer.run(max_steps_this_call=max_steps_this_call, callback=callback)

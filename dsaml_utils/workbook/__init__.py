@@ -1,0 +1,1 @@
+"""The numbered notebooks: the papermill runner (`dsaml workbook`) and the Session a notebook uses."""

@@ -1,0 +1,167 @@
+"""Inside a notebook, `Session` turns the parameters into paths, a provenance stamp, the dataset, the run
+configuration and the experiments' runs, so that the notebooks stay thin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dsaml_utils.data.registry import load_dataset
+from dsaml_utils.errors import UserError
+from dsaml_utils.experiments.runner import run_experiment, run_specs
+from dsaml_utils.experiments.specs import EXPERIMENTS
+from dsaml_utils.features.cache import FeatureCache
+from dsaml_utils.plots.base import save_figure, save_table
+from dsaml_utils.training.config import apply_overrides, preset
+from dsaml_utils.training.runs import load_run_model
+from dsaml_utils.training.store import build_store
+from dsaml_utils.workbook.runner import PRESETS, REPO, WorkbookParams, ensure_dataset
+
+SMOKE_RUN = {
+    "train.steps": 2, "train.batch_size": 2, "train.window": 20, "train.eval_every": 0,
+    "train.checkpoint_every": 0, "meta.tasks_per_step": 2, "meta.inner_steps": 1, "meta.query_songs": 2,
+    "tasks.min_songs": 2, "eval.kshots": [1], "eval.hop": 10, "eval.support_steps": 20,
+    "mel.sample_rate": 16000,
+}
+"""RunConfig overrides of the smoke preset (on top of the quick preset): seconds, not results."""
+
+
+QUICK_RUN = {"train.steps": 60, "train.eval_every": 20, "train.checkpoint_every": 20, "eval.draws": 1,
+             "mel.n_mels": 32}
+"""RunConfig overrides of the workbook's quick preset: the notebooks train 16 runs (Tables 1-4, MAML order),
+so each gets fewer updates than `dsaml experiment --preset quick` gives it, and 32 mel bands instead of 96
+(measured: 96 bands made notebook 04 take 6.1 min instead of 3.8, on course for ~25 min in all), to finish
+in < 20 min on 2 cores. The price: at 32 bands the small model hears little valence (see config.py)."""
+
+
+class Session:
+    """What a notebook needs from its parameters: paths, provenance, the dataset, figure/table saving."""
+
+    def __init__(self, dataset: str, root: str, preset: str, seed: int, run_dir: str, figures_dir: str,
+                 tables_dir: str, device: str = "cpu"):
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        self.params = WorkbookParams(dataset, str(root), preset, int(seed), str(run_dir), str(figures_dir),
+                                     str(tables_dir), device)
+        self.root, self.run_dir = Path(root), Path(run_dir)
+        self.figures_dir, self.tables_dir = Path(figures_dir), Path(tables_dir)
+        for d in (self.run_dir, self.figures_dir, self.tables_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.dataset_name, self.preset, self.seed, self.device = dataset, preset, int(seed), device
+        self._ds = None
+        seed_everything(self.seed)
+        threads = os.environ.get("DSAML_THREADS") or ("1" if preset != "paper" else "")
+        if threads:
+            # see the module docstring: one thread is far faster when the cores are shared
+            torch.set_num_threads(int(threads))
+        warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
+
+    @property
+    def cache_dir(self) -> Path:
+        """Feature cache: data/cache, shared by runs (entries are keyed by audio content); smoke: <run>/cache."""
+        return self.run_dir / "cache" if self.preset == "smoke" else REPO / "data" / "cache"
+
+    @property
+    def provenance(self) -> dict:
+        """The stamp on every figure and table: data, preset, seed."""
+        data = self.dataset_name if self.root.name == self.dataset_name else f"{self.dataset_name} ({self.root.name})"
+        return {"data": data, "preset": self.preset, "seed": self.seed}
+
+    def save(self, fig, name: str, svg: bool | None = None) -> list[Path]:
+        """Save a figure as PNG (+ SVG except in smoke runs) into the figures directory; it stays open."""
+        return save_figure(fig, name, self.figures_dir, svg=self.preset != "smoke" if svg is None else svg)
+
+    def table(self, df, name: str, title: str | None = None) -> Path:
+        """Save a table (Markdown + CSV) into the tables directory; returns the Markdown path."""
+        return save_table(df, name, self.tables_dir, self.provenance, title=title)[0]
+
+    def run_config(self, **fields):
+        """A training RunConfig for this session: the preset's, on this dataset, seed, device and cache.
+
+        "paper" is config.preset("paper"); "quick" is config.preset("quick"); "smoke" is the quick one
+        shrunk by SMOKE_RUN (a couple of updates of a tiny model). Keyword fields are set last.
+        """
+        cfg = preset("paper" if self.preset == "paper" else "quick")
+        cfg.dataset, cfg.root, cfg.cache_dir = self.dataset_name, str(self.root), str(self.cache_dir)
+        cfg.train.seed, cfg.train.device = self.seed, self.device
+        if self.preset == "smoke":
+            apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in SMOKE_RUN.items()])
+            cfg.deviations.append("smoke: two updates on 10 s windows, to exercise the code only")
+        elif self.preset == "quick":
+            apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in QUICK_RUN.items()])
+            cfg.deviations.append(f"workbook: {QUICK_RUN['train.steps']} updates per run, one support draw per "
+                                  f"listener and {QUICK_RUN['mel.n_mels']} mel bands, so that the workbook's 16 runs "
+                                  "fit in 20 minutes on 2 CPU cores")
+        if "mode" in fields and "strategy" not in fields:
+            cfg.strategy = None  # the new mode's default strategy
+        for k, v in fields.items():
+            setattr(cfg, k, v)
+        return cfg.resolve()
+
+    def experiment(self, name: str, progress: bool = True):
+        """experiments.run_experiment(name) with this session's config and seed: trains (or reuses) its runs
+        under <run_dir>/runs, writes the table into the tables directory; returns (table, results, paths)."""
+        return run_experiment(name, self.run_config(), [self.seed], self.run_dir / "runs", self.tables_dir,
+                              progress=progress, ds=self.dataset())
+
+    def spec(self, experiment: str, row: str):
+        """The experiments.RunSpec of one row of an experiment (e.g. "table3", "w/o attention loss")."""
+        if experiment not in EXPERIMENTS:
+            raise UserError(f"unknown experiment {experiment!r}; choose from {', '.join(EXPERIMENTS)}")
+        specs = {s.name: s for s in EXPERIMENTS[experiment]["specs"]}
+        if row not in specs:
+            raise UserError(f"experiment {experiment!r} has no row {row!r}; rows: {', '.join(specs)}")
+        return specs[row]
+
+    def run_folder(self, experiment: str, row: str) -> Path:
+        """Where the run of one experiment row lives for this session's seed."""
+        return self.run_dir / "runs" / self.spec(experiment, row).slug() / f"seed{self.seed}"
+
+    def ensure(self, experiment: str, row: str, progress: bool = True) -> dict:
+        """Train (or reuse) and evaluate the run of one experiment row; returns its metrics."""
+        spec = self.spec(experiment, row)
+        res = run_specs([spec], self.run_config(), [self.seed], self.run_dir / "runs", progress=progress,
+                        ds=self.dataset())
+        return res[spec.name][0]
+
+    def load(self, experiment: str, row: str):
+        """(RunConfig, model in eval mode) of one experiment row's run (trained first when needed)."""
+        self.ensure(experiment, row, progress=False)
+        return load_run_model(self.run_folder(experiment, row), self.device)
+
+    def song_data(self, cfg, model, song_ids: list[str]) -> dict:
+        """train.SongData (model inputs and every listener's labels) of these songs, from the cache."""
+
+        return build_store(self.dataset(), list(song_ids), cfg, model, FeatureCache(self.cache_dir), progress=False)
+
+    def history(self, experiment: str, row: str):
+        """One experiment row's training history (loss, validation scores per evaluation) as a DataFrame."""
+        path = self.run_folder(experiment, row) / "history.json"
+        return pd.DataFrame(json.loads(path.read_text())) if path.is_file() else pd.DataFrame()
+
+    @property
+    def personalized(self) -> bool:
+        """True when the dataset has listener identities, i.e. PDMER experiments are possible."""
+        return bool(self.dataset().listeners())
+
+    def dataset(self):
+        """The dataset (generated first when synthetic and absent), loaded once."""
+        if self._ds is None:
+            ensure_dataset(self.params)
+            self._ds = load_dataset(self.dataset_name, self.root)
+        return self._ds
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
