@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A dataset file is missing, unreadable or inconsistent."""
+
+
+class RunConflict(UserError):
+    """A run folder already holds a run with other settings (it is never overwritten)."""

@@ -23,7 +23,7 @@ REPORT_KEYS = {"device", "torch", "machine", "cpu_count", "omp_wait_policy", "ma
 
 def test_bench_cli_json_reports_documented_keys(capsys):
     before = torch.get_num_threads()
-    code = cli.main(["bench", "--preset", "tiny", "--json", "--repeats", "2", "--warmup", "0",
+    code = cli.main(["bench", "--preset", "smoke", "--json", "--repeats", "2", "--warmup", "0",
                      "--threads", "1", "--tasks", "3", "--no-tune-malloc"])
     assert code == 0
     assert torch.get_num_threads() == before  # thread setting restored
@@ -37,25 +37,25 @@ def test_bench_cli_json_reports_documented_keys(capsys):
     assert all(t > 0 for t in case["loop_runs_s"] + case["batched_runs_s"] + case["personalize_runs_s"])
     assert case["loop_over_batched"] == case["loop_s"] / case["batched_s"]
     text = format_report(report)
-    assert "loop/batched" in text and "tiny" in text
+    assert "loop/batched" in text and "smoke" in text
 
 
 def test_run_bench_times_each_thread_count():
-    case = BenchCase("tiny", tasks=2, inner_steps=1, query_songs=1, steps=4, personalize_steps=1)
+    case = BenchCase("smoke", tasks=2, inner_steps=1, query_songs=1, steps=4, personalize_steps=1)
     report = run_bench([case], repeats=1, warmup=0, threads=[1, 2], progress=False)
     assert [c["torch_threads"] for c in report["cases"]] == [1, 2]
     assert all(c["loop_s"] > 0 and c["batched_s"] > 0 for c in report["cases"])
 
 
 def test_bench_rejects_bad_arguments(capsys):
-    assert cli.main(["bench", "--preset", "tiny", "--tasks", "0"]) == 2
+    assert cli.main(["bench", "--preset", "smoke", "--tasks", "0"]) == 2
     assert "--tasks must be positive" in capsys.readouterr().err
-    assert cli.main(["bench", "--preset", "tiny", "--threads", "0"]) == 2
+    assert cli.main(["bench", "--preset", "smoke", "--threads", "0"]) == 2
 
 
 def test_make_tasks_shapes():
-    model = build("tiny")
-    case = BenchCase("tiny", tasks=3, inner_steps=1, query_songs=2, steps=5)
+    model = build("smoke")
+    case = BenchCase("smoke", tasks=3, inner_steps=1, query_songs=2, steps=5)
     tasks = make_tasks(model, case)
     assert len(tasks) == 3
     support, query = tasks[0]

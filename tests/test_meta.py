@@ -249,8 +249,8 @@ def test_meta_step_personalize_and_predict():
     torch.manual_seed(3)
     model = MLP().double()
     tasks = make_tasks(n=2)
-    cfg = MetaConfig(inner_steps=2, inner_lr=0.1, outer_lr=1e-2)
-    opt = meta_optimizer(model, cfg)
+    cfg = MetaConfig(inner_steps=2, inner_lr=0.1)
+    opt = meta_optimizer(model, lr=1e-2)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     loss = meta_step(model, opt, tasks, cfg, batched=True)
     assert isinstance(loss, float) and loss == loss

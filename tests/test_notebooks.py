@@ -11,6 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from dsaml_utils.training.config import SMOKE
 from dsaml_utils.workbook.runner import (
     PARAMETER_NAMES,
     default_params,
@@ -19,7 +20,7 @@ from dsaml_utils.workbook.runner import (
     run_workbook,
     storage_problems,
 )
-from dsaml_utils.workbook.session import SMOKE_RUN, Session
+from dsaml_utils.workbook.session import Session
 
 # What each notebook must write: figures (PNG) under figures_dir, tables (Markdown + CSV) under tables_dir.
 EXPECTED = {
@@ -101,9 +102,9 @@ def test_session_reuses_the_runs_the_notebooks_trained(smoke_run):
     assert (folder / "model.pt").stat().st_mtime_ns == before
     assert metrics["mode"] == "dmer" and metrics["model"] == "dsaml" and "summary" in metrics["dmer"]
     cfg, model = wb.load("table1", "DSAML")
-    assert cfg.train.window == SMOKE_RUN["train.window"] and not model.training
+    assert cfg.train.window == SMOKE["train.window"] and not model.training
     hist = wb.history("table1", "DSAML")
-    assert list(hist["step"]) == [SMOKE_RUN["train.steps"]] and "val_score" in hist
+    assert list(hist["step"]) == [SMOKE["train.steps"]] and "val_score" in hist
     sid = wb.dataset().test_ids[0]
     sd = wb.song_data(cfg, model, [sid])[sid]
     assert sd.inputs["mel"].shape[0] == len(sd.times) == len(wb.dataset().songs[sid].curves["mean"])

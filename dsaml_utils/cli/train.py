@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from dsaml_utils.errors import UserError
 from dsaml_utils.evaluation.report import format_metrics
@@ -12,13 +11,21 @@ from dsaml_utils.experiments.runner import run_experiment
 from dsaml_utils.experiments.specs import EXPERIMENTS
 from dsaml_utils.experiments.tables import format_table
 from dsaml_utils.plots.base import markdown_table
-from dsaml_utils.training.config import RunConfig, apply_overrides, preset
+from dsaml_utils.training.config import PRESETS, RunConfig, apply_overrides, preset
 from dsaml_utils.training.trainer import train
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The RunConfig that `dsaml train` options describe (preset, then options, then --set overrides)."""
     cfg = preset(args.preset)
+    given = {"root": args.root, "model": args.model, "encoder": args.encoder,
+             "encoder_checkpoint": args.encoder_checkpoint, "init": args.init, "cache_dir": args.cache,
+             "dataset": args.dataset, **{f"train.{n}": getattr(args, n, None) for n in ("seed", "steps", "lr",
+                                                                                       "batch_size", "device")}}
+    for item in args.set or []:
+        field = item.partition("=")[0]
+        if given.get(field) is not None:
+            raise UserError(f"{field} is given twice (by its own option and by --set {item}); give it once")
     if args.dataset:
         cfg.dataset = args.dataset
         if not args.root and args.dataset != "synthetic":
@@ -35,10 +42,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for name in ("seed", "steps", "lr", "batch_size", "device"):
         if getattr(args, name, None) is not None:
             setattr(cfg.train, name, getattr(args, name))
-    if args.init:
-        cfg.init = str(Path(args.init))
     apply_overrides(cfg, args.set or [])
-    return cfg.resolve()
+    return cfg.check()
 
 
 def _cli_train(args: argparse.Namespace) -> int:
@@ -54,7 +59,8 @@ def _cli_train(args: argparse.Namespace) -> int:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `dsaml train` and `dsaml experiment`: preset, data, model and overrides."""
-    p.add_argument("--preset", choices=("paper", "quick"), default="quick", help="settings preset (default quick)")
+    p.add_argument("--preset", choices=PRESETS, default="quick",
+                   help="settings preset: smoke (seconds, no results), quick (CPU minutes) or paper (default quick)")
     p.add_argument("--dataset", choices=("deam", "pmemo", "synthetic"), help="dataset (default: the preset's)")
     p.add_argument("--root", help="dataset folder (default: the preset's)")
     p.add_argument("--model", help="model name (model.MODELS; default dsaml)")

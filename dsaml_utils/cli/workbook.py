@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("workbook", help="run every notebook (papermill) and regenerate figures/tables",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=PRESETS, default="quick",
-                   help="smoke: seconds on tiny fixtures; quick: CPU, < 20 min; paper: the paper's settings")
+                   help="smoke: seconds on tiny fixtures; quick: the CPU preset; paper: the paper's settings")
     p.add_argument("--dataset", choices=("synthetic", "deam", "pmemo"), default="synthetic")
     p.add_argument("--root", help="dataset root (default: data/synthetic, generated when absent)")
     p.add_argument("--out", help="run directory (default: runs/<dataset>-<preset>)")

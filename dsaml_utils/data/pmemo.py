@@ -1,4 +1,4 @@
-"""PMEmo loader: reads the public PMEmo layout (SPEC section 2) into a MusicDataset (MEAN curves only).
+"""PMEmo loader: reads the public PMEmo layout (the file names of the public PMEmo release) into a MusicDataset (MEAN curves only).
 
 Layout under ``root``::
 

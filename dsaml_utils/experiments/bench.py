@@ -14,7 +14,7 @@ used. Timings are wall-clock and depend on what else runs on the machine: the re
 
 By default the bench first asks glibc's malloc to keep freed memory (`keep_freed_memory`), for both ways
 alike. Otherwise every tensor over 32 MB is a fresh mmap whose pages fault in on first touch (~2.5 us per
-4 KB page measured in this VM): the batched path, whose per-task stacks are n times larger, pays for that
+4 KB page, measured on a 2-core cloud VM): the batched path, whose per-task stacks are n times larger, pays for that
 on every step while the loop's smaller tensors are recycled. `--no-tune-malloc` measures without it.
 
 On cores shared with other busy processes, OpenMP threads that spin-wait make multi-threaded timings
@@ -41,13 +41,14 @@ from dsaml_utils.meta.maml import Batch, MetaConfig, Task, personalize
 from dsaml_utils.models.dsaml import DSAML, DSAMLConfig
 from dsaml_utils.models.inference import predict_with
 from dsaml_utils.models.registry import example_batch
+from dsaml_utils.training.config import SMOKE
 
 
 @dataclass
 class BenchCase:
     """One preset to time and the meta-batch it is timed on."""
 
-    preset: str  # "quick", "paper" or "tiny" (a toy size for tests)
+    preset: str  # "quick", "paper" or "smoke" (a toy size for tests)
     tasks: int  # tasks per meta-step
     inner_steps: int  # inner SGD steps per task
     query_songs: int  # query songs per task (support: 1 song)
@@ -56,15 +57,14 @@ class BenchCase:
 
 
 DEFAULT_CASES = {
-    "tiny": BenchCase("tiny", tasks=2, inner_steps=1, query_songs=2, steps=8, personalize_steps=2),
+    "smoke": BenchCase("smoke", tasks=2, inner_steps=1, query_songs=2, steps=8, personalize_steps=2),
     "quick": BenchCase("quick", tasks=16, inner_steps=4, query_songs=4),  # reduced: see module docstring
     "paper": BenchCase("paper", tasks=8, inner_steps=2, query_songs=3),
 }
 
 
-TINY_MODEL = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, n_frames=11, n_mels=24, global_dim=16,
-                  max_rel_distance=8)
-"""Field overrides on the quick preset for the "tiny" case."""
+TINY_MODEL = {**SMOKE["model_config"], "n_frames": 11, "n_mels": 24, "global_dim": 16}
+"""Field overrides on the quick model for the "smoke" case (the smoke preset's model sizes, plus small inputs)."""
 
 
 def keep_freed_memory() -> bool:
@@ -83,7 +83,7 @@ def keep_freed_memory() -> bool:
 
 def build(preset: str) -> torch.nn.Module:
     """The DSAML model of a bench preset."""
-    if preset == "tiny":
+    if preset == "smoke":
         return DSAML(DSAMLConfig.quick(**TINY_MODEL))
     if preset not in ("quick", "paper"):
         raise UserError(f"unknown bench preset {preset!r}; choose from {sorted(DEFAULT_CASES)}")
@@ -113,7 +113,7 @@ def time_meta_step(model: torch.nn.Module, case: BenchCase, repeats: int = 3, wa
                           query_songs=case.query_songs)
     tasks = make_tasks(model, case, seed, device)
     model.train()
-    optimizer = meta_optimizer(model, cfg)
+    optimizer = meta_optimizer(model)
     start = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
     times: dict[str, list[float]] = {"loop": [], "batched": []}
     runs = [("loop", "batched") if r % 2 == 0 else ("batched", "loop") for r in range(warmup + repeats)]

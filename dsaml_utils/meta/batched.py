@@ -281,6 +281,6 @@ def meta_step(model: nn.Module, optimizer: torch.optim.Optimizer, tasks: Sequenc
     return float(loss.detach())
 
 
-def meta_optimizer(model: nn.Module, cfg: MetaConfig = MetaConfig()) -> torch.optim.Optimizer:
-    """The outer optimizer: Adam at cfg.outer_lr over the trainable parameters."""
-    return torch.optim.Adam(trainable_params(model).values(), lr=cfg.outer_lr)
+def meta_optimizer(model: nn.Module, lr: float = 5e-5) -> torch.optim.Optimizer:
+    """The outer optimizer: Adam at `lr` (a run's train.lr; paper 5e-5) over the trainable parameters."""
+    return torch.optim.Adam(trainable_params(model).values(), lr=lr)

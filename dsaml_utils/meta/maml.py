@@ -42,8 +42,6 @@ class MetaConfig:
     inner_steps: int = 16  # SGD steps on the support batch per task
     tasks_per_step: int = 16  # tasks (listeners) per meta-step
     first_order: bool = True  # authors: first-order MAML; False differentiates through the inner loop
-    outer_lr: float = 5e-5  # Adam learning rate of the meta-update
-    meta_steps: int = 2000  # meta-updates (paper: 2000 episodes)
     support_songs: int = 1  # songs a listener annotates for adaptation
     query_songs: int = 15  # songs per task on which the adapted model is scored
     task_chunk: int | None = None  # batched path: tasks per vmap chunk (None = all at once; less memory)

@@ -1,13 +1,20 @@
-"""Run presets: every setting a training run depends on, as plain dataclasses saved as JSON in the run folder.
+"""Run configuration: every setting a training run depends on, as plain dataclasses saved as config.json.
 
-`preset("paper")` is the paper's setup (values the paper leaves open come from the authors' code, see
-SPEC.md). `preset("quick")` shrinks it so that training and evaluating DSAML on the default synthetic
-dataset takes minutes on a 2-core CPU; every way in which it departs from the paper is listed in
-``RunConfig.deviations`` (and so in each run's config.json).
+Three presets, one vocabulary for `dsaml train`, `dsaml experiment`, `dsaml workbook` and the notebooks:
+  paper   the paper's setup (values the paper leaves open come from the authors' code)
+  quick   a CPU-sized setup for the default synthetic dataset (minutes per run on 2 cores)
+  smoke   the quick setup shrunk to seconds (a tiny model, two updates): exercises the code, no results
+How a preset departs from the paper is computed, never written by hand: `deviations(cfg)` compares it
+with `preset("paper")` field by field and gives each difference its one-line reason from `REASONS`.
+
+Each setting lives in one place (MAML's outer loop runs for `train.steps` at `train.lr`), and an override
+that cannot take effect is an error naming the field. `encoder="auto"` stays as written until a run starts;
+`resolve_run` then fixes the encoder name and the absolute dataset root, which is what config.json records.
+Run identity (`RunConfig.settings`) compares settings: not how a path is spelled, nor where the cache is.
 
 A run is one (mode, strategy) pair:
 - mode "dmer": plain supervised training (Adam on mini-batches of windows), no MAML;
-- mode "pdmer": MAML meta-training (`dsaml_utils.meta.meta_step`);
+- mode "pdmer": MAML meta-training (`dsaml_utils.meta.batched.meta_step`);
 - strategy "traditional": labels are each song's MEAN curve (DMER's usual labels; for MAML, tasks of
   random songs);
 - strategy "personalized": labels are individual listeners' curves (for MAML, one task per listener).
@@ -17,8 +24,10 @@ pdmer+traditional (w/o personalized tasks), dmer+traditional (w/o both, the usua
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +47,7 @@ from dsaml_utils.models.registry import MODELS
 
 MODES = ("dmer", "pdmer")
 STRATEGIES = ("personalized", "traditional")
-PRESETS = ("paper", "quick")
+PRESETS = ("smoke", "quick", "paper")
 
 
 @dataclass
@@ -77,35 +86,32 @@ class EvalConfig:
 class RunConfig:
     """Everything one training run depends on; saved as config.json in the run folder."""
 
-    preset: str = "paper"
+    preset: str = "paper"  # the preset these settings started from: "smoke", "quick" or "paper"
     mode: str = "dmer"  # "dmer" (no MAML) or "pdmer" (MAML meta-training)
     strategy: str | None = None  # "personalized" | "traditional"; None = traditional (dmer), personalized (pdmer)
-    dataset: str = "deam"  # "deam", "pmemo" or "synthetic" (data.load_dataset)
-    root: str = "data/DEAM"  # dataset root folder
-    model: str = "dsaml"  # a name in model.MODELS
+    dataset: str = "deam"  # "deam", "pmemo" or "synthetic" (data.registry.load_dataset)
+    root: str = "data/DEAM"  # dataset root folder (made absolute when the run starts)
+    model: str = "dsaml"  # a name in models.registry.MODELS
     model_config: dict = field(default_factory=dict)  # overrides of the model's preset config
     mel: MelConfig = field(default_factory=MelConfig)
-    encoder: str = "auto"  # global encoder (encoders.ENCODERS) or "auto": imagebind when its checkpoint is
-    # configured (argument, DSAML_IMAGEBIND_CHECKPOINT, data/checkpoints/), else the offline musicnn
+    encoder: str = "auto"  # global encoder (encoders.registry.ENCODERS) or "auto": imagebind when its checkpoint
+    # is configured (argument, DSAML_IMAGEBIND_CHECKPOINT, data/checkpoints/), else the offline musicnn
     encoder_checkpoint: str | None = None  # ImageBind .pth / musicnn folder / vibenet .onnx (None: found)
     train: TrainConfig = field(default_factory=TrainConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     tasks: TaskFilter = field(default_factory=TaskFilter)
     eval: EvalConfig = field(default_factory=EvalConfig)
     init: str | None = None  # start from the weights of this trained run (e.g. a DMER run) instead of scratch
-    cache_dir: str = "data/cache"  # FeatureCache root (features and global embeddings)
-    deviations: list[str] = field(default_factory=list)  # how this config departs from the paper
+    cache_dir: str = "data/cache"  # FeatureCache root (features and global embeddings); not part of identity
 
     def __post_init__(self) -> None:
-        self.resolve()
+        self.check()
 
-    def resolve(self) -> "RunConfig":
-        """Fill the derived fields and check the choices; call again after editing fields."""
+    def check(self) -> "RunConfig":
+        """Normalise types and check the choices (reads no file and no environment); call after editing."""
         if self.mode not in MODES:
             raise UserError(f"mode {self.mode!r}: choose one of {MODES}")
-        if self.encoder == "auto":
-            self.encoder = default_encoder_name(self.encoder_checkpoint)
-        if self.encoder not in ENCODERS:
+        if self.encoder != "auto" and self.encoder not in ENCODERS:
             raise UserError(f"encoder {self.encoder!r}: choose one of {ENCODERS} or 'auto'")
         if self.strategy is None:
             self.strategy = "personalized" if self.mode == "pdmer" else "traditional"
@@ -113,13 +119,12 @@ class RunConfig:
             raise UserError(f"strategy {self.strategy!r}: choose one of {STRATEGIES}")
         if self.preset not in PRESETS:
             raise UserError(f"preset {self.preset!r}: choose one of {PRESETS}")
+        if self.model not in MODELS:
+            raise UserError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
         if self.train.select not in ("best", "last"):
             raise UserError(f"train.select {self.train.select!r}: choose 'best' or 'last'")
         if self.train.steps < 1 or self.train.window < 1 or self.train.batch_size < 1:
             raise UserError("train.steps, train.window and train.batch_size must be positive")
-        # one source of truth: MAML's outer loop runs for train.steps at train.lr
-        self.meta.meta_steps = self.train.steps
-        self.meta.outer_lr = self.train.lr
         self.eval.kshots = tuple(int(k) for k in self.eval.kshots)
         inner = self.meta.inner_params
         inner = (inner,) if isinstance(inner, str) else tuple(inner)
@@ -131,29 +136,46 @@ class RunConfig:
         """True when the run meta-trains with MAML."""
         return self.mode == "pdmer"
 
+    @property
+    def model_size(self) -> str:
+        """The model config preset ("paper" or "quick") this run's model starts from."""
+        return "paper" if self.preset == "paper" else "quick"
+
+    def resolved_encoder(self) -> str:
+        """The encoder name, with "auto" resolved (looks for an ImageBind checkpoint)."""
+        return default_encoder_name(self.encoder_checkpoint) if self.encoder == "auto" else self.encoder
+
     def model_overrides(self) -> dict:
         """model_config plus the input sizes implied by the mel settings and the encoder."""
-        if self.model not in MODELS:
-            raise UserError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
         names = {f.name for f in dataclasses.fields(MODELS[self.model][1])}
         auto = {"n_frames": self.mel.n_frames, "n_mels": self.mel.n_mels}
-        if self.encoder == "none":
+        encoder = self.resolved_encoder()
+        if encoder == "none":
             auto["use_global_encoder"] = False
         else:
-            auto["global_dim"] = ENCODER_DIMS[self.encoder]
-            auto["normalize_global"] = self.encoder not in NORMALIZED_ENCODERS
+            auto["global_dim"] = ENCODER_DIMS[encoder]
+            auto["normalize_global"] = encoder not in NORMALIZED_ENCODERS
         auto = {k: v for k, v in auto.items() if k in names}
         return {**auto, **self.model_config}
+
+    def copy(self) -> "RunConfig":
+        """An independent copy."""
+        return copy.deepcopy(self)
 
     # ---- JSON
 
     def to_dict(self) -> dict:
-        """JSON-ready nested dict."""
-        return dataclasses.asdict(self)
+        """JSON-ready nested dict, with the computed `deviations` from the paper."""
+        return {**dataclasses.asdict(self), "deviations": deviations(self)}
 
     def settings(self) -> dict:
-        """to_dict() without the descriptive `deviations`: what decides whether two runs are the same run."""
-        return json.loads(json.dumps({k: v for k, v in self.to_dict().items() if k != "deviations"}))
+        """What decides whether two configs are the same run: every setting, the dataset root as an absolute
+        path, and not the cache folder or the descriptive deviations."""
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        del d["cache_dir"]
+        d["root"] = os.path.abspath(d["root"])
+        d["init"] = os.path.abspath(d["init"]) if d["init"] else None
+        return d
 
     def to_json(self) -> str:
         """Indented JSON text."""
@@ -161,8 +183,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        """Inverse of to_dict; unknown keys are an error."""
-        return _from_dict(cls, d, "config")
+        """Inverse of to_dict (its computed "deviations" are dropped); unknown keys are an error."""
+        return _from_dict(cls, {k: v for k, v in d.items() if k != "deviations"}, "config")
 
     def save(self, path: str | Path) -> None:
         """Write config JSON to path (atomically)."""
@@ -182,6 +204,15 @@ class RunConfig:
             return cls.from_dict(d)
         except UserError as exc:
             raise UserError(f"{path}: {exc}") from None
+
+
+def resolve_run(cfg: RunConfig) -> RunConfig:
+    """The config as a run records it when it starts: encoder "auto" resolved, dataset root absolute."""
+    out = cfg.copy()
+    out.encoder = cfg.resolved_encoder()
+    out.root = os.path.abspath(cfg.root)
+    out.init = os.path.abspath(cfg.init) if cfg.init else None
+    return out.check()
 
 
 def _from_dict(cls, d, where: str):
@@ -206,59 +237,112 @@ def _from_dict(cls, d, where: str):
 
 
 # ---------------------------------------------------------------------------------------------------
-# presets
+# presets and their deviations from the paper
 
 
-def paper_config(**kw) -> RunConfig:
-    """The paper's setup (DEAM, ImageBind, D = 1024, MAML 16 tasks x 16 inner steps, 2000 steps)."""
-    return RunConfig(preset="paper", **kw)
+QUICK = {
+    "dataset": "synthetic", "root": "data/synthetic", "encoder": "none",
+    "mel.sample_rate": 16000, "mel.n_mels": 96, "mel.hop_ms": 20.0,
+    "train.steps": 400, "train.batch_size": 16, "train.lr": 1e-3, "train.eval_every": 25,
+    "train.checkpoint_every": 25, "train.val_fraction": 0.15,
+    "meta.inner_lr": 3e-2, "meta.inner_steps": 3, "meta.tasks_per_step": 4, "meta.query_songs": 4,
+    "eval.draws": 4,
+}
+"""The quick preset: these fields changed from the paper preset."""
+
+SMOKE = {
+    "model_config": {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_rel_distance": 8},
+    "train.steps": 2, "train.batch_size": 2, "train.window": 20, "train.eval_every": 0,
+    "train.checkpoint_every": 0, "meta.tasks_per_step": 2, "meta.inner_steps": 1, "meta.query_songs": 2,
+    "tasks.min_songs": 2, "eval.kshots": [1], "eval.hop": 10, "eval.support_steps": 20,
+}
+"""The smoke preset: these fields changed from the quick preset."""
+
+REASONS = {
+    "dataset": "the default data is the synthetic dataset in DEAM's layout (DEAM is not redistributable)",
+    "encoder": "no global feature z_g: ImageBind's weights are not redistributable, and embedding every song "
+               "with musicnn (`--encoder musicnn`) costs several CPU seconds per song once (cached)",
+    "mel.sample_rate": "16 kHz audio instead of 44.1 kHz: fewer samples per slice on a CPU",
+    "mel.n_mels": "96 mel bands instead of 128: the adapter's two max-pools leave 26 of them (34 of 128 in the "
+                  "paper); with 32 bands (10 left) the quick model could not hear valence (DMER valence CCC "
+                  "0.05-0.15 against 0.41 with 96 bands, seed 0, 400 updates)",
+    "mel.hop_ms": "a 20 ms hop instead of 10 ms: 26 frames per 0.5 s slice instead of 51 (60 ms window kept)",
+    "model_config": "a smaller model (quick: DSAMLConfig.quick, D 64, 2 layers, 2 heads, FFN 128, adapter "
+                    "channels 4/8, instead of D 1024, 3 layers, 16 heads, FFN 2048; smoke: smaller still)",
+    "train.steps": "fewer updates than the paper's 2000 episodes, at a larger learning rate",
+    "train.lr": "lr 1e-3 instead of 5e-5, for the few updates",
+    "train.batch_size": "16 windows per dmer update (= 4 tasks x 4 query songs of a meta-step, so both modes "
+                        "see the same labelled windows per update)",
+    "train.eval_every": "validation as often as the shorter run needs",
+    "train.checkpoint_every": "checkpoints as often as the shorter run needs",
+    "train.val_fraction": "15% of the training listeners held out for validation (more than 10% of few listeners)",
+    "train.window": "shorter training windows, for the short smoke clips",
+    "meta.inner_lr": "inner lr 0.03 instead of 5e-3 (chosen among 0.01 / 0.03 / 0.1 by the validation "
+                     "listeners' adapted score, seed 0)",
+    "meta.inner_steps": "fewer inner SGD steps per task (paper 16)",
+    "meta.tasks_per_step": "fewer tasks per meta-step (paper 16)",
+    "meta.query_songs": "fewer query songs per task (paper 15)",
+    "tasks.min_songs": "listeners with 2 songs make tasks (the smoke dataset is tiny)",
+    "eval.kshots": "1-shot only",
+    "eval.hop": "a shorter sliding-window hop, for the shorter windows",
+    "eval.support_steps": "adapt on the first 20 steps (the smoke windows are 20 steps long)",
+    "eval.draws": "several support draws per listener, so the k-shot means rest on more pairs",
+}
+"""One line per field a preset may change: why it differs from the paper."""
+
+NOT_DEVIATIONS = ("preset", "mode", "strategy", "model", "root", "init", "cache_dir", "encoder_checkpoint",
+                  "train.seed", "train.device")
+"""Choices of a run, not departures from the paper's method."""
 
 
-QUICK_DEVIATIONS = [
-    "mel: 16 kHz, 96 mel bands and a 20 ms hop (26 frames per 0.5 s slice) instead of 44.1 kHz, 128 bands "
-    "and a 10 ms hop (51 frames); 60 ms window kept. The adapter's two max-pools leave 26 of the 96 bands "
-    "(34 of 128 in the paper); with 32 bands (10 left) the model could not hear valence (DMER valence CCC "
-    "0.05-0.15 against 0.41 with 96 bands, seed 0, 400 updates)",
-    "encoder: none (no global feature z_g): ImageBind weights are not available offline, and embedding every song "
-    "with musicnn (`--encoder musicnn`) costs several CPU seconds per song once (cached)",
-    "model: DSAMLConfig.quick() (D 64, 2 layers, 2 heads, FFN 128, adapter channels 4/8) instead of D 1024, "
-    "3 layers, 16 heads, FFN 2048",
-    "MAML: 4 tasks per meta-step, 3 inner steps and 4 query songs instead of 16 / 16 / 15; inner lr 0.03 "
-    "instead of 5e-3 (chosen among 0.01 / 0.03 / 0.1 by the validation listeners' adapted score, seed 0)",
-    "optimisation: 400 updates at lr 1e-3 instead of 2000 at 5e-5; mode dmer uses 16 windows per update "
-    "(= 4 tasks x 4 query songs of a meta-step, so both modes see the same labelled windows per update)",
-]
+def _flat(obj, prefix: str = "") -> dict:
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update(_flat(v, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = v
+    return out
 
 
-def quick_config(**kw) -> RunConfig:
-    """A CPU-sized setup for the default synthetic dataset; `deviations` lists what differs from the paper."""
-    cfg = RunConfig(
-        preset="quick",
-        dataset="synthetic",
-        root="data/synthetic",
-        mel=MelConfig(sample_rate=16000, n_mels=96, hop_ms=20.0),
-        encoder="none",
-        train=TrainConfig(steps=400, batch_size=16, lr=1e-3, eval_every=25, checkpoint_every=25, val_fraction=0.15),
-        meta=MetaConfig(inner_lr=3e-2, inner_steps=3, tasks_per_step=4, query_songs=4),
-        eval=EvalConfig(kshots=(1, 2, 4, 8), draws=4),
-        deviations=list(QUICK_DEVIATIONS),
-    )
-    for k, v in kw.items():
-        setattr(cfg, k, v)
-    return cfg.resolve()
+def deviations(cfg: RunConfig) -> list[str]:
+    """How cfg departs from the paper preset, one line per differing field: "field: paper -> ours: reason"."""
+    paper, ours = _flat(RunConfig(preset="paper")), _flat(cfg)
+    out = []
+    for key, value in ours.items():
+        if key in NOT_DEVIATIONS or paper[key] == value:
+            continue
+        if key == "encoder" and value == "auto":
+            continue
+        reason = REASONS.get(key, "no reason recorded")
+        out.append(f"{key}: {paper[key]!r} -> {value!r}: {reason}")
+    return out
 
 
 def preset(name: str, **kw) -> RunConfig:
-    """The named preset ("paper" or "quick") with top-level fields overridden by keyword."""
-    if name == "paper":
-        return paper_config(**kw)
-    if name == "quick":
-        return quick_config(**kw)
-    raise UserError(f"unknown preset {name!r}; choose one of {PRESETS}")
+    """The named preset ("smoke", "quick" or "paper") with top-level fields overridden by keyword."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {PRESETS}")
+    cfg = RunConfig(preset=name)
+    if name in ("quick", "smoke"):
+        apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in QUICK.items()])
+    if name == "smoke":
+        apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in SMOKE.items()])
+    for k, v in kw.items():
+        if k not in {f.name for f in dataclasses.fields(RunConfig)}:
+            raise UserError(f"RunConfig has no field {k!r}")
+        setattr(cfg, k, v)
+    return cfg.check()
+
+
+HINTS = {"meta.outer_lr": "MAML's outer learning rate is train.lr", "meta.meta_steps": "meta-steps are train.steps",
+         "deviations": "deviations are computed from the settings"}
+"""What to set instead, for names that are not fields."""
 
 
 def apply_overrides(cfg: RunConfig, items: list[str]) -> RunConfig:
-    """Set fields from "a.b=VALUE" strings (VALUE parsed as JSON, else kept as text), then resolve."""
+    """Set fields from "a.b=VALUE" strings (VALUE parsed as JSON, else kept as text), then check."""
     for item in items:
         path, sep, raw = item.partition("=")
         if not sep or not path:
@@ -283,5 +367,7 @@ def apply_overrides(cfg: RunConfig, items: list[str]) -> RunConfig:
                 else:
                     obj = getattr(obj, name)
             else:
-                raise UserError(f"override {item!r}: {type(obj).__name__} has no field {name!r}")
-    return cfg.resolve()
+                hint = HINTS.get(path)
+                raise UserError(f"override {item!r}: {type(obj).__name__} has no field {name!r}"
+                                + (f" ({hint})" if hint else ""))
+    return cfg.check()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from dsaml_utils.errors import UserError
+from dsaml_utils.errors import RunConflict, UserError
 from dsaml_utils.io.atomic import load_checkpoint
 from dsaml_utils.models.registry import build_model
 from dsaml_utils.training.config import RunConfig
@@ -16,13 +16,26 @@ def load_run_model(run: str | Path, device: str | torch.device = "cpu", which: s
     """(RunConfig, model in eval mode) of a trained run; which = "model" (model.pt), "best" or "checkpoint"."""
     run = Path(run)
     cfg = RunConfig.load(run / "config.json")
-    model = build_model(cfg.model, cfg.preset, **cfg.model_overrides())
+    model = build_model(cfg.model, cfg.model_size, **cfg.model_overrides())
     state = load_checkpoint(run / f"{which}.pt", device)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:
         raise UserError(f"{run / f'{which}.pt'}: weights do not fit model {cfg.model!r} ({exc})") from None
     return cfg, model.to(device).eval()
+
+
+def check_same_run(folder: Path, cfg: RunConfig) -> None:
+    """Raise RunConflict when `folder` holds a run whose settings differ from cfg's."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return
+    old = RunConfig.load(path).settings()
+    new = cfg.settings()
+    if old != new:
+        finished = "a finished" if (Path(folder) / "model.pt").is_file() else "an unfinished"
+        raise RunConflict(f"{folder}: holds {finished} run with other settings ({_dict_diff(old, new)}); use another "
+                          "--out, or the same settings to resume or reuse it")
 
 
 def _sort_key(sid: str):

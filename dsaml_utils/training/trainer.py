@@ -1,5 +1,5 @@
 """Runs. `train(cfg, out)` writes into the run folder `out`:
-  config.json      the RunConfig (a rerun with a different config is refused)
+  config.json      the RunConfig as resolved at the start (a rerun with other settings is refused)
   checkpoint.pt    model, optimizer, torch RNG state, step, config, best score, history (atomic, every
                    `train.checkpoint_every` updates): a killed run started again with the same command
                    continues from it and loses at most that many updates
@@ -51,8 +51,8 @@ from dsaml_utils.seeding import (
     generator,
     torch_seed,
 )
-from dsaml_utils.training.config import RunConfig
-from dsaml_utils.training.runs import _dict_diff, _sort_key, load_run_model
+from dsaml_utils.training.config import RunConfig, resolve_run
+from dsaml_utils.training.runs import _sort_key, check_same_run, load_run_model
 from dsaml_utils.training.sampling import (
     VAL_QUERY_SONGS,
     batch_indices,
@@ -73,9 +73,11 @@ class Trainer:
     def __init__(self, cfg: RunConfig, out: str | Path, ds: MusicDataset | None = None,
                  cache: FeatureCache | None = None, progress: bool = True):
 
+        cfg = resolve_run(cfg)  # what config.json records: encoder "auto" resolved, absolute root
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.device = resolve_device(cfg.train.device)
-        self._check_config()
+        self.out.mkdir(parents=True, exist_ok=True)
+        check_same_run(self.out, cfg)
         if ds is None and cfg.dataset == "synthetic" and not Path(cfg.root).is_dir():
             raise UserError(f"{cfg.root}: no synthetic dataset there; generate it with `dsaml synth --out {cfg.root}`")
         self.ds = ds if ds is not None else load_dataset(cfg.dataset, cfg.root)
@@ -87,7 +89,7 @@ class Trainer:
 
         # model first (its initial weights depend only on the seed)
         torch.manual_seed(t.seed)
-        self.model = build_model(cfg.model, cfg.preset, **cfg.model_overrides()).to(self.device)
+        self.model = build_model(cfg.model, cfg.model_size, **cfg.model_overrides()).to(self.device)
         if cfg.init:
             _, init_model = load_run_model(cfg.init, self.device)
             try:
@@ -135,16 +137,6 @@ class Trainer:
         self.cfg.save(self.out / "config.json")  # only once the run could be set up
 
     # ---- setup helpers
-
-    def _check_config(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / "config.json"
-        if path.is_file():
-            old = RunConfig.load(path)
-            if old.settings() != self.cfg.settings():
-                diff = _dict_diff(old.settings(), self.cfg.settings())
-                raise UserError(f"{self.out}: holds a run with a different config ({diff}); "
-                                "use another --out, or the same options to resume it")
 
     def _drop_missing(self) -> None:
         have = set(self.store)
@@ -327,10 +319,7 @@ def train(cfg: RunConfig, out: str | Path, *, ds: MusicDataset | None = None, ca
     """Train (or resume, or return the summary of a finished run) into run folder `out`."""
     out = Path(out)
     if (out / "model.pt").is_file() and (out / "train_summary.json").is_file():
-        old = RunConfig.load(out / "config.json")
-        if old.settings() != cfg.settings():
-            raise UserError(f"{out}: holds a finished run with a different config "
-                            f"({_dict_diff(old.settings(), cfg.settings())}); use another --out")
+        check_same_run(out, resolve_run(cfg))
         return json.loads((out / "train_summary.json").read_text())
     trainer = Trainer(cfg, out, ds=ds, cache=cache, progress=progress)
     return trainer.run(max_steps_this_call=max_steps_this_call, callback=callback)

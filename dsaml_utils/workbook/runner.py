@@ -12,12 +12,14 @@ quick or paper run; the smoke preset writes both under the run directory instead
 Every notebook gets the parameters of `WorkbookParams` (papermill injects them after the cell tagged
 "parameters"); a failing notebook stops the run with its name and failing cell, exit status 1.
 
-Presets (`Session.run_config`):
-  smoke   seconds: a tiny synthetic dataset (SMOKE_SYNTH), two updates per run (SMOKE_RUN); `make test`
-  quick   config.preset("quick") with QUICK_RUN (fewer updates per run): all notebooks in < 20 min on 2 cores
-  paper   config.preset("paper"): the paper's settings, for a GPU and the real datasets
-On the smoke and quick presets torch uses one thread (DSAML_THREADS=N changes it): on this project's 2-core
-machine, with other processes sharing the cores, one thread ran the smoke experiments 7x and quick updates
+Presets: the notebooks train with `training.config.preset(name)`, the same runs `dsaml train --preset NAME`
+and `dsaml experiment --preset NAME` make:
+  smoke   seconds: a tiny synthetic dataset (SMOKE_SYNTH) and the smoke preset (a tiny model, two updates
+          per run); what `make test` runs
+  quick   the quick preset (CPU-sized) on the default synthetic dataset
+  paper   the paper's settings, for a GPU and the real datasets
+On the smoke and quick presets torch uses one thread (DSAML_THREADS=N changes it): on a 2-core
+machine shared with other processes (measured on the project's CI machine), one thread ran the smoke experiments 7x and quick updates
 3x faster than two (OpenMP threads spin while they wait for each other).
 """
 
@@ -40,6 +42,7 @@ from tqdm.auto import tqdm
 
 from dsaml_utils.data import synthetic
 from dsaml_utils.errors import DataError, UserError
+from dsaml_utils.training.config import PRESETS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +50,6 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO / "notebooks"
 
 
-PRESETS = ("smoke", "quick", "paper")
 
 
 KERNEL = "dsaml"

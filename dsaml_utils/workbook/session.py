@@ -20,26 +20,10 @@ from dsaml_utils.experiments.runner import run_experiment, run_specs
 from dsaml_utils.experiments.specs import EXPERIMENTS
 from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.plots.base import save_figure, save_table
-from dsaml_utils.training.config import apply_overrides, preset
+from dsaml_utils.training.config import preset
 from dsaml_utils.training.runs import load_run_model
 from dsaml_utils.training.store import build_store
 from dsaml_utils.workbook.runner import PRESETS, REPO, WorkbookParams, ensure_dataset
-
-SMOKE_RUN = {
-    "train.steps": 2, "train.batch_size": 2, "train.window": 20, "train.eval_every": 0,
-    "train.checkpoint_every": 0, "meta.tasks_per_step": 2, "meta.inner_steps": 1, "meta.query_songs": 2,
-    "tasks.min_songs": 2, "eval.kshots": [1], "eval.hop": 10, "eval.support_steps": 20,
-    "mel.sample_rate": 16000,
-}
-"""RunConfig overrides of the smoke preset (on top of the quick preset): seconds, not results."""
-
-
-QUICK_RUN = {"train.steps": 60, "train.eval_every": 20, "train.checkpoint_every": 20, "eval.draws": 1,
-             "mel.n_mels": 32}
-"""RunConfig overrides of the workbook's quick preset: the notebooks train 16 runs (Tables 1-4, MAML order),
-so each gets fewer updates than `dsaml experiment --preset quick` gives it, and 32 mel bands instead of 96
-(measured: 96 bands made notebook 04 take 6.1 min instead of 3.8, on course for ~25 min in all), to finish
-in < 20 min on 2 cores. The price: at 32 bands the small model hears little valence (see config.py)."""
 
 
 class Session:
@@ -84,27 +68,16 @@ class Session:
         return save_table(df, name, self.tables_dir, self.provenance, title=title)[0]
 
     def run_config(self, **fields):
-        """A training RunConfig for this session: the preset's, on this dataset, seed, device and cache.
-
-        "paper" is config.preset("paper"); "quick" is config.preset("quick"); "smoke" is the quick one
-        shrunk by SMOKE_RUN (a couple of updates of a tiny model). Keyword fields are set last.
-        """
-        cfg = preset("paper" if self.preset == "paper" else "quick")
+        """A training RunConfig for this session: preset(self.preset) on this dataset, seed, device and cache;
+        keyword fields are set last (a new `mode` brings its default strategy)."""
+        cfg = preset(self.preset)
         cfg.dataset, cfg.root, cfg.cache_dir = self.dataset_name, str(self.root), str(self.cache_dir)
         cfg.train.seed, cfg.train.device = self.seed, self.device
-        if self.preset == "smoke":
-            apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in SMOKE_RUN.items()])
-            cfg.deviations.append("smoke: two updates on 10 s windows, to exercise the code only")
-        elif self.preset == "quick":
-            apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in QUICK_RUN.items()])
-            cfg.deviations.append(f"workbook: {QUICK_RUN['train.steps']} updates per run, one support draw per "
-                                  f"listener and {QUICK_RUN['mel.n_mels']} mel bands, so that the workbook's 16 runs "
-                                  "fit in 20 minutes on 2 CPU cores")
         if "mode" in fields and "strategy" not in fields:
             cfg.strategy = None  # the new mode's default strategy
         for k, v in fields.items():
             setattr(cfg, k, v)
-        return cfg.resolve()
+        return cfg.check()
 
     def experiment(self, name: str, progress: bool = True):
         """experiments.run_experiment(name) with this session's config and seed: trains (or reuses) its runs

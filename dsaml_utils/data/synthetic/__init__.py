@@ -1,6 +1,6 @@
 """A synthetic music-emotion dataset in DEAM's exact layout, with listeners who differ like people do.
 
-DEAM cannot be downloaded here, so the default workbook runs on this generator's output. It is built so that
+DEAM is not redistributable, so the default workbook runs on this generator's output. It is built so that
 every stage of DSAML has something real to learn: the audio carries its emotion the way music does, the
 emotion changes between sections that come back later (long-range context matters), and listeners disagree
 in the ways that make personalization (PDMER) worth doing.
