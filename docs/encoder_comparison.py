@@ -39,7 +39,7 @@ class MelStats(GlobalEncoder):
     name, dim, identity = "mel-stats", 256, "mel-stats-v1"
 
     def embed(self, wave):
-        from dsaml_utils.features import kaldi_fbank
+        from dsaml_utils.features.kaldi import kaldi_fbank
 
         fb = kaldi_fbank(torch.from_numpy(wave)).numpy()
         return np.concatenate([fb.mean(0), fb.std(0)]).astype(np.float32)
@@ -121,11 +121,8 @@ def check_against_onnxruntime(repeats: int = 5) -> None:
     import onnx
     import onnxruntime as ort
 
-    from dsaml_utils.encoders import (
-        find_vibenet_onnx,
-        load_vibenet_backbone,
-        vibenet_mel,
-    )
+    from dsaml_utils.encoders.registry import find_vibenet_onnx
+    from dsaml_utils.encoders.taggers import load_vibenet_backbone, vibenet_mel
 
     path = find_vibenet_onnx()
     graph = onnx.load(str(path))
@@ -162,10 +159,10 @@ def check_against_onnxruntime(repeats: int = 5) -> None:
 def check_musicnn_against_tensorflow() -> None:
     """Our musicnn port vs musicnn's own TF1 graph code (needs tensorflow-cpu and tf-keras; TF_USE_LEGACY_KERAS=1)."""
     import tensorflow as tf
-    from dsaml_utils.music_encoders import load_musicnn, musicnn_patches
+    from dsaml_utils.encoders.taggers import load_musicnn, musicnn_patches
     from musicnn import models  # the wheel's graph definition, which imports TensorFlow
 
-    from dsaml_utils.encoders import find_musicnn_checkpoint
+    from dsaml_utils.encoders.registry import find_musicnn_checkpoint
 
     tf.compat.v1.disable_eager_execution()
     t = np.arange(16000 * 10) / 16000
