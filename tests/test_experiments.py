@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from test_evaluate import fake_metrics
 from test_train import TINY_RUN, one_thread, tiny_cache, tiny_config, tiny_ds, tiny_root  # noqa: F401 (fixtures)
 
 from dsaml_utils.cli import main as cli_main
@@ -39,14 +40,9 @@ def test_specs_build_distinct_configs(tiny_root, tiny_cache):  # noqa: F811
 
 
 def _fake_metrics(v, seed):
-    s = {f"{d}_{m}": {"mean": v + 0.1 * seed * (d == "arousal")} for d in ("arousal", "valence")
-         for m in ("ccc", "pcc", "rmse")}
-    ks = {"adapted": {"summary": s}, "no_adaptation": {"summary": {k: {"mean": x["mean"] - 0.05}
-                                                                   for k, x in s.items()}}, "pairs": 3}
-    same = {"adapted": {"summary": {k: {"mean": x["mean"] + 0.1} for k, x in s.items()}},
-            "no_adaptation": {"summary": s}}
-    return {"dmer": {"summary": s}, "pdmer": {"kshot": {"1": ks, "2": ks}, "same_song": same},
-            "train": {"train_wall_seconds": 10.0}}
+    s = {f"{d}_{m}": v + 0.1 * seed * (d == "arousal") for d in ("arousal", "valence") for m in ("ccc", "pcc", "rmse")}
+    ks = (s, {k: x - 0.05 for k, x in s.items()})
+    return fake_metrics(s, {1: ks, 2: ks}, same=({k: x + 0.1 for k, x in s.items()}, s), seed=seed)
 
 
 def test_tables_average_over_seeds_and_format():
@@ -61,6 +57,8 @@ def test_tables_average_over_seeds_and_format():
     assert "A CCC (same song, no adapt.)" in format_table(p).columns
     k = kshot_table(results, (1, 2))
     assert list(k.index) == [("A", 1), ("A", 2), ("B", 1), ("B", 2)]
+    assert (k["pairs"] == 3).all() and k.loc[("A", 2), "valence_ccc_no_adaptation"] == pytest.approx(0.15)
+    assert list(kshot_table(results).index) == list(k.index)  # the k of the first run's metrics
     f = format_table(df)
     assert f.loc["A", "A CCC"] == "0.250 ± 0.071" and f.loc["B", "V RMSE"] == "0.500"
     assert "arousal_ccc_std" not in f.columns and "train s" in f.columns
@@ -75,20 +73,21 @@ def test_run_experiment_trains_reuses_and_saves(tiny_ds, tiny_root, tiny_cache, 
     assert list(df.index) == [s.name for s in EXPERIMENTS["personalization"]["specs"]]
     assert (df["seeds"] == 2).all() and np.isfinite(df["arousal_ccc_other_std"]).all()
     for name, runs in results.items():
-        assert [m["seed"] for m in runs] == [0, 1]
-        got = np.mean([m["pdmer"]["kshot"]["1"]["adapted"]["summary"]["valence_ccc"]["mean"] for m in runs])
+        assert [m.seed for m in runs] == [0, 1]
+        got = np.mean([m.pdmer.kshot[1].adapted.summary["valence_ccc"].mean for m in runs])
         assert df.loc[name, "valence_ccc_other"] == pytest.approx(got)
-        got = np.mean([m["pdmer"]["same_song"]["no_adaptation"]["summary"]["arousal_ccc"]["mean"] for m in runs])
+        got = np.mean([m.pdmer.same_song.no_adaptation.summary["arousal_ccc"].mean for m in runs])
         assert df.loc[name, "arousal_ccc_same_no_adaptation"] == pytest.approx(got)
     text = md.read_text()
     assert "±" in text and "seeds: 0,1" in text and "preset: quick" in text
+    assert next(iter(results.values()))[0].data.fingerprint[:12] in text
     assert pd.read_csv(csv).shape[0] == 2
-    first = {m["run"]: m["created"] for runs in results.values() for m in runs}
+    first = {m.run: m.created for runs in results.values() for m in runs}
     # a second call reuses every run and every metrics.json; a table sharing a run reuses it too
     _, again, _ = run_experiment("personalization", base, [0, 1], tmp_path / "exp", progress=False, ds=tiny_ds)
-    assert {m["run"]: m["created"] for runs in again.values() for m in runs} == first
+    assert {m.run: m.created for runs in again.values() for m in runs} == first
     k, kres, _ = run_experiment("kshot", base, [0], tmp_path / "exp", progress=False, ds=tiny_ds)
-    assert kres["DSAML"][0]["created"] == results["DSAML (MAML, personalized tasks)"][0]["created"]
+    assert kres["DSAML"][0].created == results["DSAML (MAML, personalized tasks)"][0].created
     assert set(k.index.get_level_values("k")) == {1, 4}
     # the MAML row started from the no-MAML row's run of the same seed
     for seed in (0, 1):

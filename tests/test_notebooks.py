@@ -100,7 +100,7 @@ def test_session_reuses_the_runs_the_notebooks_trained(smoke_run):
     before = (folder / "model.pt").stat().st_mtime_ns
     metrics = wb.ensure("table1", "DSAML", progress=False)  # finished: reused, not retrained
     assert (folder / "model.pt").stat().st_mtime_ns == before
-    assert metrics["mode"] == "dmer" and metrics["model"] == "dsaml" and "summary" in metrics["dmer"]
+    assert metrics.mode == "dmer" and metrics.model == "dsaml" and metrics.summary("dmer")
     cfg, model = wb.load("table1", "DSAML")
     assert cfg.train.window == SMOKE["train.window"] and not model.training
     hist = wb.history("table1", "DSAML")

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from dsaml_utils.evaluation.report import format_metrics
-from dsaml_utils.evaluation.results import _finite, combine_runs
+from dsaml_utils.evaluation.results import combine_runs, jsonable
 from dsaml_utils.evaluation.run import evaluate_run
 from dsaml_utils.experiments.personalize import personalize_files
 
@@ -14,10 +14,11 @@ from dsaml_utils.experiments.personalize import personalize_files
 def _cli_evaluate(args: argparse.Namespace) -> int:
     results = [evaluate_run(r, progress=not (args.quiet or args.json), reuse=args.reuse) for r in args.run]
     if args.json:
-        payload = results[0] if len(results) == 1 else {"runs": [r["run"] for r in results],
-                                                        "combined": combine_runs(results, args.k)}
-        print(json.dumps(_finite(payload if len(results) > 1 else {k: v for k, v in payload.items()
-                                                                   if k != "config"}), indent=1))
+        if len(results) == 1:  # metrics.json without the config
+            payload = {k: v for k, v in results[0].to_dict().items() if k != "config"}
+        else:
+            payload = {"runs": [m.run for m in results], "combined": combine_runs(results, args.k)}
+        print(json.dumps(jsonable(payload), indent=1, allow_nan=False))
     else:
         print(format_metrics(results if len(results) > 1 else results[0], args.k))
     return 0

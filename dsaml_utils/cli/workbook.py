@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from dsaml_utils.workbook import runner
 from dsaml_utils.workbook.runner import (
     NOTEBOOKS_DIR,
     PRESETS,
@@ -50,7 +51,7 @@ def _cli(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     """Add `dsaml workbook`."""
     p = subparsers.add_parser("workbook", help="run every notebook (papermill) and regenerate figures/tables",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=runner.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=PRESETS, default="quick",
                    help="smoke: seconds on tiny fixtures; quick: the CPU preset; paper: the paper's settings")
     p.add_argument("--dataset", choices=("synthetic", "deam", "pmemo"), default="synthetic")

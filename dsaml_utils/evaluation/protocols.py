@@ -1,4 +1,4 @@
-"""Evaluation of trained runs (DMER and PDMER), `dsaml evaluate` and"""
+"""The DMER and PDMER evaluation protocols of a trained model, returned as evaluation.results records."""
 
 from __future__ import annotations
 
@@ -7,6 +7,15 @@ import torch
 from tqdm.auto import tqdm
 
 from dsaml_utils.data.types import MEAN, MusicDataset, is_flat
+from dsaml_utils.evaluation.results import (
+    DMERResult,
+    KShot,
+    PDMERResult,
+    SameSong,
+    Scores,
+    Stat,
+    stats,
+)
 from dsaml_utils.features.songs import Item, SongData, score_listener_song
 from dsaml_utils.meta.listener import adapt_to_listener, support_items
 from dsaml_utils.metrics import aggregate_songs, score_song
@@ -22,7 +31,7 @@ from dsaml_utils.training.config import RunConfig
 
 
 def evaluate_dmer(model, store: dict[str, SongData], song_ids: list[str], cfg: RunConfig,
-                  device: str | torch.device = "cpu") -> dict:
+                  device: str | torch.device = "cpu") -> DMERResult:
     """Per-song scores against the MEAN curve and their aggregate, for the songs in the store."""
     rows = []
     for sid in song_ids:
@@ -32,8 +41,8 @@ def evaluate_dmer(model, store: dict[str, SongData], song_ids: list[str], cfg: R
         pred = predict_song(model, sd, cfg.train.window, cfg.eval.hop, device=device)
         rows.append({"song_id": sid, "steps": len(sd.times), **score_listener_song(pred, sd, MEAN)})
     if not rows:
-        return {"skipped": "no test song with audio and labels"}
-    return {"summary": _aggregate(rows, cfg), "per_song": rows}
+        return DMERResult(skipped="no test song with audio and labels")
+    return DMERResult(Scores(_aggregate(rows, cfg), rows))
 
 
 def held_out_listeners(ds: MusicDataset, store: dict[str, SongData], train_ids: list[str],
@@ -65,16 +74,14 @@ def held_out_listeners(ds: MusicDataset, store: dict[str, SongData], train_ids: 
 
 def evaluate_pdmer(model, ds: MusicDataset, store: dict[str, SongData], train_ids: list[str],
                    test_ids: list[str], cfg: RunConfig, device: str | torch.device = "cpu",
-                   progress: bool = True) -> dict:
+                   progress: bool = True) -> PDMERResult:
     """k-shot personalization on held-out listeners: adapted and no-adaptation scores per query pair."""
     listeners, notes = held_out_listeners(ds, store, train_ids, test_ids, cfg)
     if not listeners:
-        return {"skipped": "no listener curves on the test songs (the dataset has no rater identities)",
-                "notes": notes}
+        return PDMERResult(notes=notes,
+                           skipped="no listener curves on the test songs (the dataset has no rater identities)")
     W, hop, seed = cfg.train.window, cfg.eval.hop, cfg.train.seed
     plain_pred = {}  # song -> prediction without adaptation (the same for every listener)
-    out = {"listeners": len(listeners), "songs_per_listener": {k: len(v) for k, v in listeners.items()},
-           "notes": notes, "kshot": {}}
     jobs = [(k, i, lst, d) for k in cfg.eval.kshots for i, lst in enumerate(listeners)
             for d in range(min(cfg.eval.draws, len(listeners[lst]))) if len(listeners[lst]) > k]
     rows: dict[int, dict[str, list]] = {k: {"adapted": [], "no_adaptation": []} for k in cfg.eval.kshots}
@@ -94,24 +101,21 @@ def evaluate_pdmer(model, ds: MusicDataset, store: dict[str, SongData], train_id
             rows[k]["adapted"].append({**base, **score_listener_song(
                 predict_song(model, sd, W, hop, params, device), sd, lst)})
             rows[k]["no_adaptation"].append({**base, **score_listener_song(plain_pred[sid], sd, lst)})
+    kshot = {}
     for k in cfg.eval.kshots:
         if not rows[k]["adapted"]:
-            out["kshot"][str(k)] = {"skipped": f"no held-out listener has more than {k} song(s)"}
+            kshot[k] = KShot(k, skipped=f"no held-out listener has more than {k} song(s)")
             continue
-        out["kshot"][str(k)] = {
-            "listeners": len({r["listener"] for r in rows[k]["adapted"]}),
-            "pairs": len(rows[k]["adapted"]),
-            "adapted": {"summary": _aggregate(rows[k]["adapted"], cfg), "per_pair": rows[k]["adapted"]},
-            "no_adaptation": {"summary": _aggregate(rows[k]["no_adaptation"], cfg),
-                              "per_pair": rows[k]["no_adaptation"]},
-        }
-    if cfg.eval.same_song:
-        out["same_song"] = _same_song(model, store, listeners, cfg, plain_pred, device, progress)
-    return out
+        kshot[k] = KShot(k, listeners=len({r["listener"] for r in rows[k]["adapted"]}), pairs=len(rows[k]["adapted"]),
+                         adapted=Scores(_aggregate(rows[k]["adapted"], cfg), rows[k]["adapted"]),
+                         no_adaptation=Scores(_aggregate(rows[k]["no_adaptation"], cfg), rows[k]["no_adaptation"]))
+    same = _same_song(model, store, listeners, cfg, plain_pred, device, progress) if cfg.eval.same_song else None
+    return PDMERResult(listeners=len(listeners), songs_per_listener={k: len(v) for k, v in listeners.items()},
+                       notes=notes, kshot=kshot, same_song=same)
 
 
 def _same_song(model, store: dict[str, SongData], listeners: dict[str, list[str]], cfg: RunConfig,
-               plain_pred: dict, device, progress: bool) -> dict:
+               plain_pred: dict, device, progress: bool) -> SameSong:
     """The authors' full-song protocol: adapt on the first support steps of a song, score the rest of it."""
     W, hop, seed = cfg.train.window, cfg.eval.hop, cfg.train.seed
     n_sup = min(cfg.eval.support_steps or W, W)
@@ -133,11 +137,12 @@ def _same_song(model, store: dict[str, SongData], listeners: dict[str, list[str]
         rows["adapted"].append({**base, **score_song(predict_song(model, sd, W, hop, params, device)[rest], y)})
         rows["no_adaptation"].append({**base, **score_song(plain_pred[sid][rest], y)})
     if not rows["adapted"]:
-        return {"skipped": f"no held-out listener curve is longer than {n_sup + 1} steps"}
-    return {"pairs": len(rows["adapted"]), "support_steps": n_sup,
-            **{k: {"summary": _aggregate(v, cfg), "per_pair": v} for k, v in rows.items()}}
+        return SameSong(skipped=f"no held-out listener curve is longer than {n_sup + 1} steps")
+    return SameSong(pairs=len(rows["adapted"]), support_steps=n_sup,
+                    adapted=Scores(_aggregate(rows["adapted"], cfg), rows["adapted"]),
+                    no_adaptation=Scores(_aggregate(rows["no_adaptation"], cfg), rows["no_adaptation"]))
 
 
-def _aggregate(rows: list[dict], cfg: RunConfig) -> dict:
+def _aggregate(rows: list[dict], cfg: RunConfig) -> dict[str, Stat]:
     scores = [{k: v for k, v in r.items() if isinstance(v, float)} for r in rows]
-    return aggregate_songs(scores, method=cfg.eval.interval, seed=cfg.train.seed)
+    return stats(aggregate_songs(scores, method=cfg.eval.interval, seed=cfg.train.seed))

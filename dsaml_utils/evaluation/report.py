@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 
-from dsaml_utils.evaluation.results import combine_runs
+from dsaml_utils.evaluation.results import RunMetrics, combine_runs
 from dsaml_utils.metrics import DIMENSIONS
 
 HEADLINE_METRICS = ("ccc", "pcc", "rmse")
 """Metrics shown in the printed tables (metrics.json holds all of metrics.METRICS)."""
 
 
-def format_metrics(metrics: dict | list[dict], k: int = 1) -> str:
+def format_metrics(metrics: RunMetrics | list[RunMetrics], k: int = 1) -> str:
     """A plain-text table of one run's metrics (with 95% intervals) or of several runs (mean +- std)."""
     many = isinstance(metrics, list)
     runs = metrics if many else [metrics]
@@ -24,30 +24,22 @@ def format_metrics(metrics: dict | list[dict], k: int = 1) -> str:
         comb = combine_runs(runs, k)
         for part, title in rows.items():
             if part in comb:
-                cells = [f"{comb[part][c]['mean']:.3f} ± {_fmt(comb[part][c]['std'])}" if c in comb[part] else "-"
+                cells = [f"{comb[part][c].mean:.3f} ± {_fmt(comb[part][c].std)}" if c in comb[part] else "-"
                          for c in cols]
                 lines.append(f"{title:34}" + "".join(f"{c:>22}" for c in cells))
-        lines.append(f"mean ± std over {len(runs)} run(s): " + ", ".join(str(m.get('run')) for m in runs))
+        lines.append(f"mean ± std over {len(runs)} run(s): " + ", ".join(m.run for m in runs))
     else:
         m = runs[0]
-        ks = m.get("pdmer", {}).get("kshot", {}).get(str(k), {})
-        same = m.get("pdmer", {}).get("same_song", {})
-        summaries = {"dmer": m.get("dmer", {}).get("summary"),
-                     "pdmer": ks.get("adapted", {}).get("summary"),
-                     "pdmer_no_adaptation": ks.get("no_adaptation", {}).get("summary"),
-                     "pdmer_same_song": same.get("adapted", {}).get("summary"),
-                     "pdmer_same_song_no_adaptation": same.get("no_adaptation", {}).get("summary")}
         for part, title in rows.items():
-            s = summaries[part]
+            s = m.summary(part, k)
             if s:
-                cells = [f"{s[c]['mean']:.3f} [{_fmt(s[c]['lo'])}, {_fmt(s[c]['hi'])}]" if c in s else "-"
-                         for c in cols]
+                cells = [f"{s[c].mean:.3f} [{_fmt(s[c].lo)}, {_fmt(s[c].hi)}]" if c in s else "-" for c in cols]
                 lines.append(f"{title:34}" + "".join(f"{c:>22}" for c in cells))
-        lines.append(f"run {m.get('run')} (seed {m.get('seed')}, {m.get('mode')}/{m.get('strategy')}, "
-                     f"{m.get('model')}, preset {m.get('preset')}); 95% intervals over songs / pairs")
-        for part in ("dmer", "pdmer"):
-            if "skipped" in m.get(part, {}):
-                lines.append(f"{part}: skipped ({m[part]['skipped']})")
+        lines.append(f"run {m.run} (seed {m.seed}, {m.mode}/{m.strategy}, "
+                     f"{m.model}, preset {m.preset}); 95% intervals over songs / pairs")
+        for part, skipped in (("dmer", m.dmer.skipped), ("pdmer", m.pdmer.skipped)):
+            if skipped is not None:
+                lines.append(f"{part}: skipped ({skipped})")
     return "\n".join(lines)
 
 

@@ -2,6 +2,9 @@
 
 Use from a notebook::
 
+    from dsaml_utils.experiments.runner import run_experiment
+    from dsaml_utils.training.config import preset
+
     table, results, paths = run_experiment("table4", preset("quick"), seeds=[0, 1, 2], out="runs/exp")
 """
 
@@ -10,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from dsaml_utils.data.registry import load_dataset
-from dsaml_utils.errors import UserError
+from dsaml_utils.errors import RunConflict, UserError
+from dsaml_utils.evaluation.results import RunMetrics
 from dsaml_utils.evaluation.run import evaluate_run
 from dsaml_utils.experiments.specs import EXPERIMENTS, RunSpec
 from dsaml_utils.experiments.tables import (
@@ -27,8 +31,8 @@ from dsaml_utils.training.trainer import train
 
 
 def run_specs(specs: list[RunSpec], base: RunConfig, seeds: list[int], out: str | Path,
-              progress: bool = True, ds=None) -> dict[str, list[dict]]:
-    """Train (or reuse) and evaluate every spec for every seed; returns row name -> metrics per seed."""
+              progress: bool = True, ds=None) -> dict[str, list[RunMetrics]]:
+    """Train (or reuse) and evaluate every spec for every seed; returns row name -> RunMetrics per seed."""
 
     if not seeds:
         raise UserError("give at least one seed")
@@ -41,7 +45,7 @@ def run_specs(specs: list[RunSpec], base: RunConfig, seeds: list[int], out: str 
             raise UserError(f"row {spec.name!r} starts from row {spec.init_from!r}, which is not in this experiment")
     # rows that start from another row's runs are trained after it
     order = sorted(specs, key=lambda s: s.init_from is not None)
-    results: dict[str, list[dict]] = {}
+    results: dict[str, list[RunMetrics]] = {}
     for spec in order:
         runs = []
         for seed in seeds:
@@ -56,10 +60,8 @@ def run_specs(specs: list[RunSpec], base: RunConfig, seeds: list[int], out: str 
                 print(f"[experiments] {spec.name} (seed {seed}): {folder}", flush=True)
             try:
                 train(cfg, folder, ds=ds, cache=cache, progress=progress)
-            except UserError as exc:
-                if "different config" in str(exc):
-                    raise UserError(f"{exc}. (Runs are reused by folder: use another --out for changed settings)")
-                raise
+            except RunConflict as exc:
+                raise RunConflict(f"{exc}. (Runs are reused by folder: use another --out for changed settings)")
             runs.append(evaluate_run(folder, ds=ds, cache=cache, progress=progress, reuse=True))
         results[spec.name] = runs
     return {name: results[name] for name in names}

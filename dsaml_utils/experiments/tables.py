@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dsaml_utils.evaluation.results import PARTS, RunMetrics
 from dsaml_utils.io.atomic import atomic_write_text
 from dsaml_utils.metrics import DIMENSIONS
 from dsaml_utils.plots.base import markdown_table, provenance_text
@@ -17,61 +18,47 @@ from dsaml_utils.training.config import RunConfig
 METRIC_NAMES = {"ccc": "CCC", "pcc": "PCC", "rmse": "RMSE", "kendall_tau": "tau", "r2": "R2"}
 
 
-PARTS = ("dmer", "pdmer", "pdmer_no_adaptation", "pdmer_same_song", "pdmer_same_song_no_adaptation")
-"""What a table column can show: DMER, PDMER (other songs, k-shot) and PDMER on the same song, adapted or not."""
-
-
-def _summary(m: dict, part: str, k: int = 1) -> dict | None:
-    """The {metric: {"mean", ...}} summary of one run's metrics for a part ("dmer", "pdmer", ...)."""
-    if part == "dmer":
-        return m.get("dmer", {}).get("summary")
-    pd_ = m.get("pdmer", {})
-    block = pd_.get("same_song", {}) if part.startswith("pdmer_same_song") else pd_.get("kshot", {}).get(str(k), {})
-    key = "no_adaptation" if part.endswith("no_adaptation") else "adapted"
-    return block.get(key, {}).get("summary")
-
-
-def results_table(results: dict[str, list[dict]], part: str = "dmer", k: int = 1,
+def results_table(results: dict[str, list[RunMetrics]], part: str = "dmer", k: int = 1,
                   metrics: tuple[str, ...] = ("ccc", "pcc", "rmse")) -> pd.DataFrame:
     """Numeric table: one row per spec, columns "<dim>_<metric>" (mean over seeds) and "..._std", "seeds"."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}")
     rows = []
     for name, runs in results.items():
-        sums = [s for s in (_summary(m, part, k) for m in runs) if s]
+        sums = [s for s in (m.summary(part, k) for m in runs) if s]
         row: dict[str, Any] = {"model": name}
         for d in DIMENSIONS:
             for met in metrics:
-                vals = [s[f"{d}_{met}"]["mean"] for s in sums if f"{d}_{met}" in s]
+                vals = [s[f"{d}_{met}"].mean for s in sums if f"{d}_{met}" in s]
                 row[f"{d}_{met}"] = float(np.mean(vals)) if vals else math.nan
                 row[f"{d}_{met}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
         row["seeds"] = len(sums)
-        row["train_s"] = float(np.mean([m.get("train", {}).get("train_wall_seconds", math.nan) for m in runs]))
+        row["train_s"] = float(np.mean([m.train_seconds for m in runs]))
         rows.append(row)
     return pd.DataFrame(rows).set_index("model")
 
 
-def kshot_table(results: dict[str, list[dict]], kshots: tuple[int, ...] | None = None) -> pd.DataFrame:
+def kshot_table(results: dict[str, list[RunMetrics]], kshots: tuple[int, ...] | None = None) -> pd.DataFrame:
     """Numeric k-shot table: rows (model, k), adapted and no-adaptation CCC per dimension (mean, std)."""
     rows = []
     for name, runs in results.items():
-        ks = kshots or tuple(int(k) for k in runs[0].get("pdmer", {}).get("kshot", {}))
+        ks = kshots or tuple(runs[0].pdmer.kshot)
         for k in ks:
             row: dict[str, Any] = {"model": name, "k": k}
             for part in ("pdmer", "pdmer_no_adaptation"):
-                sums = [s for s in (_summary(m, part, k) for m in runs) if s]
+                sums = [s for s in (m.summary(part, k) for m in runs) if s]
                 for d in DIMENSIONS:
-                    vals = [s[f"{d}_ccc"]["mean"] for s in sums]
+                    vals = [s[f"{d}_ccc"].mean for s in sums]
                     col = f"{d}_ccc" + ("" if part == "pdmer" else "_no_adaptation")
                     row[col] = float(np.mean(vals)) if vals else math.nan
                     row[col + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
-            pairs = [m["pdmer"]["kshot"].get(str(k), {}).get("pairs", 0) for m in runs]
+            pairs = [m.pairs(k) for m in runs]
             row["pairs"] = pairs[0] if len(set(pairs)) == 1 else float(np.mean(pairs))  # the same for every seed
             rows.append(row)
     return pd.DataFrame(rows).set_index(["model", "k"])
 
 
-def personalization_table(results: dict[str, list[dict]], k: int = 1,
+def personalization_table(results: dict[str, list[RunMetrics]], k: int = 1,
                           metrics: tuple[str, ...] = ("ccc",)) -> pd.DataFrame:
     """Numeric table: per spec, held-out-listener scores with and without adaptation, for both protocols
     (k support songs, other songs scored: columns "..._other"; first steps of a song, its rest scored: "..._same")."""
@@ -120,13 +107,13 @@ def _pretty(col: str) -> str:
     return col
 
 
-def provenance(results: dict[str, list[dict]], base: RunConfig, seeds: list[int]) -> dict[str, str]:
+def provenance(results: dict[str, list[RunMetrics]], base: RunConfig, seeds: list[int]) -> dict[str, str]:
     """Where a table's numbers come from: data (and its fingerprint), preset, seeds, code version."""
-    first = next((m for runs in results.values() for m in runs), {})
-    data = first.get("data", {})
-    return {"data": f"{base.dataset} ({Path(base.root).name}, {str(data.get('fingerprint', ''))[:12]})",
+    first = next((m for runs in results.values() for m in runs), None)
+    fingerprint = first.data.fingerprint if first is not None else ""
+    return {"data": f"{base.dataset} ({Path(base.root).name}, {fingerprint[:12]})",
             "preset": base.preset, "seeds": ",".join(map(str, seeds)),
-            "code": str(first.get("code_version", ""))[:12]}
+            "code": (first.code_version if first is not None else "")[:12]}
 
 
 def save_experiment(df: pd.DataFrame, name: str, title: str, tables_dir: str | Path,

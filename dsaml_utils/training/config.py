@@ -3,7 +3,7 @@
 Three presets, one vocabulary for `dsaml train`, `dsaml experiment`, `dsaml workbook` and the notebooks:
   paper   the paper's setup (values the paper leaves open come from the authors' code)
   quick   a CPU-sized setup for the default synthetic dataset (minutes per run on 2 cores)
-  smoke   the quick setup shrunk to seconds (a tiny model, two updates): exercises the code, no results
+  smoke   the quick setup shrunk to seconds (two updates on short windows): exercises the code, no results
 How a preset departs from the paper is computed, never written by hand: `deviations(cfg)` compares it
 with `preset("paper")` field by field and gives each difference its one-line reason from `REASONS`.
 
@@ -251,12 +251,11 @@ QUICK = {
 """The quick preset: these fields changed from the paper preset."""
 
 SMOKE = {
-    "model_config": {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_rel_distance": 8},
     "train.steps": 2, "train.batch_size": 2, "train.window": 20, "train.eval_every": 0,
     "train.checkpoint_every": 0, "meta.tasks_per_step": 2, "meta.inner_steps": 1, "meta.query_songs": 2,
     "tasks.min_songs": 2, "eval.kshots": [1], "eval.hop": 10, "eval.support_steps": 20,
 }
-"""The smoke preset: these fields changed from the quick preset."""
+"""The smoke preset: these fields changed from the quick preset (same model, a couple of updates)."""
 
 REASONS = {
     "dataset": "the default data is the synthetic dataset in DEAM's layout (DEAM is not redistributable)",
@@ -268,7 +267,7 @@ REASONS = {
                   "0.05-0.15 against 0.41 with 96 bands, seed 0, 400 updates)",
     "mel.hop_ms": "a 20 ms hop instead of 10 ms: 26 frames per 0.5 s slice instead of 51 (60 ms window kept)",
     "model_config": "a smaller model (quick: DSAMLConfig.quick, D 64, 2 layers, 2 heads, FFN 128, adapter "
-                    "channels 4/8, instead of D 1024, 3 layers, 16 heads, FFN 2048; smoke: smaller still)",
+                    "channels 4/8, instead of D 1024, 3 layers, 16 heads, FFN 2048)",
     "train.steps": "fewer updates than the paper's 2000 episodes, at a larger learning rate",
     "train.lr": "lr 1e-3 instead of 5e-5, for the few updates",
     "train.batch_size": "16 windows per dmer update (= 4 tasks x 4 query songs of a meta-step, so both modes "

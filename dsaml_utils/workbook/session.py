@@ -16,6 +16,7 @@ import torch
 
 from dsaml_utils.data.registry import load_dataset
 from dsaml_utils.errors import UserError
+from dsaml_utils.evaluation.results import RunMetrics
 from dsaml_utils.experiments.runner import run_experiment, run_specs
 from dsaml_utils.experiments.specs import EXPERIMENTS
 from dsaml_utils.features.cache import FeatureCache
@@ -98,8 +99,8 @@ class Session:
         """Where the run of one experiment row lives for this session's seed."""
         return self.run_dir / "runs" / self.spec(experiment, row).slug() / f"seed{self.seed}"
 
-    def ensure(self, experiment: str, row: str, progress: bool = True) -> dict:
-        """Train (or reuse) and evaluate the run of one experiment row; returns its metrics."""
+    def ensure(self, experiment: str, row: str, progress: bool = True) -> RunMetrics:
+        """Train (or reuse) and evaluate the run of one experiment row; returns its metrics record."""
         spec = self.spec(experiment, row)
         res = run_specs([spec], self.run_config(), [self.seed], self.run_dir / "runs", progress=progress,
                         ds=self.dataset())
