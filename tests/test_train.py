@@ -19,7 +19,7 @@ from dsaml_utils.data.registry import load_dataset
 from dsaml_utils.data.synthetic.config import SynthConfig
 from dsaml_utils.data.synthetic.writer import generate
 from dsaml_utils.data.types import MEAN, Curve
-from dsaml_utils.errors import UserError
+from dsaml_utils.errors import RunConflict, UserError
 from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.features.songs import (
     Item,
@@ -241,7 +241,7 @@ def test_stopping_after_n_steps_and_finished_runs(tiny_ds, tiny_root, tiny_cache
         assert (tmp_path / "r" / f).is_file(), f
     assert train(cfg, tmp_path / "r", ds=tiny_ds, cache=cache, progress=False) == done  # nothing to do
     other = tiny_config(tiny_root, tiny_cache, extra=["train.lr=0.5"])
-    with pytest.raises(UserError, match="different config"):
+    with pytest.raises(RunConflict, match="other settings"):
         train(other, tmp_path / "r", ds=tiny_ds, cache=cache, progress=False)
 
 
