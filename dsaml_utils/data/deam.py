@@ -1,4 +1,4 @@
-"""DEAM loader: reads the public DEAM layout (the folder and file names of the public DEAM release) into a MusicDataset.
+"""DEAM loader: reads the folders and files of the public DEAM release into a MusicDataset.
 
 Layout under ``root`` (the folder holding ``DEAM_Annotations`` and ``DEAM_audio``)::
 

@@ -1,4 +1,4 @@
-"""PMEmo loader: reads the public PMEmo layout (the file names of the public PMEmo release) into a MusicDataset (MEAN curves only).
+"""PMEmo loader: reads the files of the public PMEmo release into a MusicDataset (MEAN curves only).
 
 Layout under ``root``::
 

@@ -1,4 +1,29 @@
-"""The DMER and PDMER evaluation protocols of a trained model, returned as evaluation.results records."""
+"""The DMER and PDMER evaluation protocols of a trained model, returned as evaluation.results records.
+
+.
+
+DMER: every test song, predicted whole by sliding 60-step windows (hop `eval.hop`, overlapping
+predictions averaged), scored against its MEAN curve.
+
+PDMER: the held-out listeners, i.e. listeners with a curve on a test song and none on any training song
+(`eval.unseen_listeners_only`; when a dataset has none, every test-song listener is used and metrics.json
+says so). Near-flat curves are left out with the task filter's flat rule. For each k in `eval.kshots` and
+each listener with more than k songs and each draw d < `eval.draws`: the listener's songs are put in a
+seeded order rotated by d, the first k are the support songs (nested: the k = 1 support song is among the
+k = 2 ones), the model is adapted on their first `eval.support_steps` labelled steps by MAML's inner
+loop (`meta.maml.personalize`, `meta.inner_steps` SGD steps at `meta.inner_lr`, train mode), and every other
+song of that listener is predicted whole and scored against the listener's own curve. The same query
+pairs are also scored without adaptation ("no_adaptation"), so the personalization gain is visible.
+With `eval.same_song` the authors' full-song protocol is scored too ("same_song"): for every held-out
+listener-song pair, adapt on the first `eval.support_steps` labelled steps of that song and score the rest
+of the same song (adapted and not). Its gain mixes personalization with correcting the model's error on
+that particular song, so compare it with a non-personalized model adapted the same way.
+
+Metrics: CCC, PCC, RMSE, Kendall's tau and R^2 per song (PDMER: per listener-song pair), averaged with a
+95% interval (`metrics.aggregate_songs`); several runs (seeds) give mean +- std
+(`evaluation.results.combine_runs`).
+Everything goes to <run>/metrics.json with the config, seed, data fingerprint and code version.
+"""
 
 from __future__ import annotations
 

@@ -1,25 +1,11 @@
-"""One person from files (`dsaml personalize`).
+"""`dsaml personalize`: adapt a trained run to one person from one song they annotated, then predict theirs.
 
-DMER: every test song, predicted whole by sliding 60-step windows (hop `eval.hop`, overlapping
-predictions averaged), scored against its MEAN curve.
-
-PDMER: the held-out listeners, i.e. listeners with a curve on a test song and none on any training song
-(`eval.unseen_listeners_only`; when a dataset has none, every test-song listener is used and metrics.json
-says so). Near-flat curves are left out with the task filter's flat rule. For each k in `eval.kshots` and
-each listener with more than k songs and each draw d < `eval.draws`: the listener's songs are put in a
-seeded order rotated by d, the first k are the support songs (nested: the k = 1 support song is among the
-k = 2 ones), the model is adapted on their first `eval.support_steps` labelled steps by MAML's inner
-loop (`meta.personalize`, `meta.inner_steps` SGD steps at `meta.inner_lr`, train mode), and every other
-song of that listener is predicted whole and scored against the listener's own curve. The same query
-pairs are also scored without adaptation ("no_adaptation"), so the personalization gain is visible.
-With `eval.same_song` the authors' full-song protocol is scored too ("same_song"): for every held-out
-listener-song pair, adapt on the first `eval.support_steps` labelled steps of that song and score the rest
-of the same song (adapted and not). Its gain mixes personalization with correcting the model's error on
-that particular song, so compare it with a non-personalized model adapted the same way.
-
-Metrics: CCC, PCC, RMSE, Kendall's tau and R^2 per song (PDMER: per listener-song pair), averaged with a
-95% interval (`metrics.aggregate_songs`); several runs (seeds) give mean +- std (`combine_runs`).
-Everything goes to <run>/metrics.json with the config, seed, data fingerprint and code version.
+The curve file is a CSV with a header and the columns ``time,arousal,valence``: time in seconds on a 0.5 s grid (label i covers
+audio [time_i, time_i + 0.5)), values on the training dataset's scale (DEAM/synthetic [-1, 1], PMEmo [0, 1]).
+It saves the person's state as personal.pt: the difference (adapted - trained) of every parameter that
+adaptation changed (MAML's inner loop updates all trainable parameters; BatchNorm statistics are not
+changed), with the sha256 of the run's model.pt it applies to. Each predicted song gets <name>.csv
+(same columns, from 0 s to the end of the audio) and <name>.png.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The paper's comparisons, computed from runs: train (or reuse) each run for several seeds, then tables.
+"""The paper's comparisons as run specs: each table row says how its runs differ from the base config.
 
 An experiment is a list of `RunSpec`s (a row label, mode, strategy, model and config overrides). Each
 spec is trained once per seed into ``<out>/<spec slug>/seed<k>`` (a finished run with the same config is

@@ -1,4 +1,4 @@
-"""Training: song tensors and windows, the DMER trainer, MAML meta-training, checkpoints and `dsaml train`.
+"""Song tensors: a song's model inputs and every listener's labels on one 2 Hz grid, windows and batches.
 
 Data. Every song becomes a `SongData`: its model inputs on the time grid of its MEAN curve ("mel"
 [T, F, M] per 0.5 s slice, "wave" [T, S] for waveform models, "global" [G] one embedding of the labelled

@@ -1,4 +1,6 @@
-"""Two implementations give the same meta-gradient:
+"""The batched meta-step: every task of a meta-batch adapted at once under torch.func.vmap.
+
+Two implementations give the same meta-gradient:
 - `meta_loss_loop`: the reference, one task after the other, "clone and adapt" as learn2learn's MAML
   does (the adapted parameters are differentiable functions of the meta-parameters).
 - `meta_loss_batched`: the tasks of a meta-batch at once. The model's forward runs under

@@ -1,4 +1,4 @@
-"""Every figure and table the notebooks produce, each stamped with where its numbers came from.
+"""Saving figures and tables, each stamped with where its numbers came from.
 
 Each plotting function returns a matplotlib ``Figure`` and takes an optional ``provenance`` dict
 (e.g. ``{"data": "synthetic", "preset": "quick", "seed": 0}``) that `stamp` writes as a small grey

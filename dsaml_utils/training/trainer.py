@@ -1,4 +1,6 @@
-"""Runs. `train(cfg, out)` writes into the run folder `out`:
+"""The trainer: one run of DMER training or MAML meta-training, resumable, with validation.
+
+Runs. `train(cfg, out)` writes into the run folder `out`:
   config.json      the RunConfig as resolved at the start (a rerun with other settings is refused)
   checkpoint.pt    model, optimizer, torch RNG state, step, config, best score, history (atomic, every
                    `train.checkpoint_every` updates): a killed run started again with the same command
