@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 
+from dsaml_utils.data.registry import DATASETS
 from dsaml_utils.errors import UserError
 from dsaml_utils.evaluation.report import format_metrics
 from dsaml_utils.evaluation.run import evaluate_run
@@ -14,36 +16,24 @@ from dsaml_utils.plots.base import markdown_table
 from dsaml_utils.training.config import PRESETS, RunConfig, apply_overrides, preset
 from dsaml_utils.training.trainer import train
 
+OPTION_FIELDS = {"root": "root", "model": "model", "encoder": "encoder", "encoder_checkpoint": "encoder_checkpoint",
+                 "init": "init", "cache": "cache_dir", "dataset": "dataset", "seed": "train.seed",
+                 "steps": "train.steps", "lr": "train.lr", "batch_size": "train.batch_size", "device": "train.device"}
+"""Run options that set one config field each: option name -> field."""
+
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The RunConfig that `dsaml train` options describe (preset, then options, then --set overrides)."""
     cfg = preset(args.preset)
-    given = {"root": args.root, "model": args.model, "encoder": args.encoder,
-             "encoder_checkpoint": args.encoder_checkpoint, "init": args.init, "cache_dir": args.cache,
-             "dataset": args.dataset, **{f"train.{n}": getattr(args, n, None) for n in ("seed", "steps", "lr",
-                                                                                       "batch_size", "device")}}
+    if args.dataset and not args.root and args.dataset != "synthetic":
+        raise UserError(f"--dataset {args.dataset} needs --root (the dataset folder)")
+    given = {field: getattr(args, opt) for opt, field in OPTION_FIELDS.items() if getattr(args, opt, None) is not None}
     for item in args.set or []:
         field = item.partition("=")[0]
-        if given.get(field) is not None:
+        if field in given:
             raise UserError(f"{field} is given twice (by its own option and by --set {item}); give it once")
-    if args.dataset:
-        cfg.dataset = args.dataset
-        if not args.root and args.dataset != "synthetic":
-            raise UserError(f"--dataset {args.dataset} needs --root (the dataset folder)")
-    if args.root:
-        cfg.root = args.root
-    cfg.mode = args.mode
-    cfg.strategy = args.strategy
-    for name in ("model", "encoder", "encoder_checkpoint", "init"):
-        if getattr(args, name, None) is not None:
-            setattr(cfg, name, getattr(args, name))
-    if args.cache:
-        cfg.cache_dir = args.cache
-    for name in ("seed", "steps", "lr", "batch_size", "device"):
-        if getattr(args, name, None) is not None:
-            setattr(cfg.train, name, getattr(args, name))
-    apply_overrides(cfg, args.set or [])
-    return cfg.check()
+    cfg.mode, cfg.strategy = args.mode, args.strategy
+    return apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in given.items()] + (args.set or []))
 
 
 def _cli_train(args: argparse.Namespace) -> int:
@@ -61,9 +51,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `dsaml train` and `dsaml experiment`: preset, data, model and overrides."""
     p.add_argument("--preset", choices=PRESETS, default="quick",
                    help="settings preset: smoke (seconds, no results), quick (CPU minutes) or paper (default quick)")
-    p.add_argument("--dataset", choices=("deam", "pmemo", "synthetic"), help="dataset (default: the preset's)")
+    p.add_argument("--dataset", choices=DATASETS, help="dataset (default: the preset's)")
     p.add_argument("--root", help="dataset folder (default: the preset's)")
-    p.add_argument("--model", help="model name (model.MODELS; default dsaml)")
+    p.add_argument("--model", help="model name (models.registry.MODELS; default dsaml)")
     p.add_argument("--encoder", help="global encoder: auto, imagebind, musicnn, vibenet or none")
     p.add_argument("--encoder-checkpoint", help="ImageBind .pth, musicnn folder or vibenet .onnx")
     p.add_argument("--steps", type=int, help="updates / meta-updates")
@@ -94,7 +84,6 @@ def _register_train(subparsers) -> None:
 
 
 def _cli_experiment(args: argparse.Namespace) -> int:
-
     args.mode, args.strategy, args.init, args.seed = "dmer", None, None, None
     base = config_from_args(args)
     for name in args.names:

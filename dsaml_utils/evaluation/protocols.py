@@ -38,7 +38,6 @@ from dsaml_utils.evaluation.results import (
     PDMERResult,
     SameSong,
     Scores,
-    Stat,
     stats,
 )
 from dsaml_utils.features.songs import Item, SongData, score_listener_song
@@ -67,7 +66,7 @@ def evaluate_dmer(model, store: dict[str, SongData], song_ids: list[str], cfg: R
         rows.append({"song_id": sid, "steps": len(sd.times), **score_listener_song(pred, sd, MEAN)})
     if not rows:
         return DMERResult(skipped="no test song with audio and labels")
-    return DMERResult(Scores(_aggregate(rows, cfg), rows))
+    return DMERResult(_scored(rows, cfg))
 
 
 def held_out_listeners(ds: MusicDataset, store: dict[str, SongData], train_ids: list[str],
@@ -116,8 +115,9 @@ def evaluate_pdmer(model, ds: MusicDataset, store: dict[str, SongData], train_id
         perm = np.roll(generator(seed, EVAL_ORDER, i).permutation(len(songs)), -d)
         order = [songs[j] for j in perm]
         support, query = order[:k], order[k:]
-        params = adapt_to_listener(model, store, support_items(store, support, lst, cfg.train.window, cfg.eval.support_steps),
-                                   cfg.meta, cfg.train.window, seed=torch_seed(seed, ADAPT_KSHOT, i, d), device=device)
+        windows = support_items(store, support, lst, W, cfg.eval.support_steps)
+        params = adapt_to_listener(model, store, windows, cfg.meta, W, seed=torch_seed(seed, ADAPT_KSHOT, i, d),
+                                   device=device)
         for sid in query:
             sd = store[sid]
             if sid not in plain_pred:
@@ -132,8 +132,7 @@ def evaluate_pdmer(model, ds: MusicDataset, store: dict[str, SongData], train_id
             kshot[k] = KShot(k, skipped=f"no held-out listener has more than {k} song(s)")
             continue
         kshot[k] = KShot(k, listeners=len({r["listener"] for r in rows[k]["adapted"]}), pairs=len(rows[k]["adapted"]),
-                         adapted=Scores(_aggregate(rows[k]["adapted"], cfg), rows[k]["adapted"]),
-                         no_adaptation=Scores(_aggregate(rows[k]["no_adaptation"], cfg), rows[k]["no_adaptation"]))
+                         adapted=_scored(rows[k]["adapted"], cfg), no_adaptation=_scored(rows[k]["no_adaptation"], cfg))
     same = _same_song(model, store, listeners, cfg, plain_pred, device, progress) if cfg.eval.same_song else None
     return PDMERResult(listeners=len(listeners), songs_per_listener={k: len(v) for k, v in listeners.items()},
                        notes=notes, kshot=kshot, same_song=same)
@@ -151,9 +150,8 @@ def _same_song(model, store: dict[str, SongData], listeners: dict[str, list[str]
         start, stop = sd.span(lst)
         if stop - start < n_sup + 2:  # nothing left to score
             continue
-        params = adapt_to_listener(model, store, [Item(sid, lst, start, n_sup)], cfg.meta, cfg.train.window,
-                                   seed=torch_seed(seed, ADAPT_SAME_SONG, i),
-                                   device=device)
+        params = adapt_to_listener(model, store, [Item(sid, lst, start, n_sup)], cfg.meta, W,
+                                   seed=torch_seed(seed, ADAPT_SAME_SONG, i), device=device)
         if sid not in plain_pred:
             plain_pred[sid] = predict_song(model, sd, W, hop, device=device)
         rest = slice(start + n_sup, stop)
@@ -164,10 +162,10 @@ def _same_song(model, store: dict[str, SongData], listeners: dict[str, list[str]
     if not rows["adapted"]:
         return SameSong(skipped=f"no held-out listener curve is longer than {n_sup + 1} steps")
     return SameSong(pairs=len(rows["adapted"]), support_steps=n_sup,
-                    adapted=Scores(_aggregate(rows["adapted"], cfg), rows["adapted"]),
-                    no_adaptation=Scores(_aggregate(rows["no_adaptation"], cfg), rows["no_adaptation"]))
+                    adapted=_scored(rows["adapted"], cfg), no_adaptation=_scored(rows["no_adaptation"], cfg))
 
 
-def _aggregate(rows: list[dict], cfg: RunConfig) -> dict[str, Stat]:
+def _scored(rows: list[dict], cfg: RunConfig) -> Scores:
+    """The rows with their per-metric summary (mean and 95% interval over the rows)."""
     scores = [{k: v for k, v in r.items() if isinstance(v, float)} for r in rows]
-    return stats(aggregate_songs(scores, method=cfg.eval.interval, seed=cfg.train.seed))
+    return Scores(stats(aggregate_songs(scores, method=cfg.eval.interval, seed=cfg.train.seed)), rows)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,21 @@ def _same(a: float, b: float) -> bool:
 # the records
 
 
+class _Numbers:
+    """A record of numbers: equal field by field with NaN equal to NaN (a null in the file reads back as NaN)."""
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
+
+    def to_dict(self) -> dict:
+        """The fields as a dict, in their order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 @dataclass(frozen=True, eq=False)
-class Stat:
+class Stat(_Numbers):
     """One metric over songs or pairs (metrics.interval): mean, 95% interval [lo, hi] (NaN from one value), n."""
 
     mean: float
@@ -56,34 +69,14 @@ class Stat:
     hi: float
     n: int
 
-    def __eq__(self, other: object) -> bool:
-        """Equal numbers, NaN equal to NaN (a null in the file reads back as NaN)."""
-        if not isinstance(other, Stat):
-            return NotImplemented
-        return self.n == other.n and all(_same(getattr(self, f), getattr(other, f)) for f in ("mean", "lo", "hi"))
-
-    def to_dict(self) -> dict:
-        """{"mean", "lo", "hi", "n"}, as metrics.aggregate_songs gives it."""
-        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n}
-
 
 @dataclass(frozen=True, eq=False)
-class SeedStat:
+class SeedStat(_Numbers):
     """One headline metric over runs (seeds, metrics.aggregate_seeds): mean, std (NaN from one run), n."""
 
     mean: float
     std: float
     n: int
-
-    def __eq__(self, other: object) -> bool:
-        """Equal numbers, NaN equal to NaN."""
-        if not isinstance(other, SeedStat):
-            return NotImplemented
-        return self.n == other.n and _same(self.mean, other.mean) and _same(self.std, other.std)
-
-    def to_dict(self) -> dict:
-        """{"mean", "std", "n"}."""
-        return {"mean": self.mean, "std": self.std, "n": self.n}
 
 
 def stats(aggregate: dict[str, dict]) -> dict[str, Stat]:
@@ -242,18 +235,20 @@ def _dmer_dict(r: DMERResult) -> dict:
     return {"skipped": r.skipped} if r.scores is None else _scores_dict(r.scores, "per_song")
 
 
-def _kshot_dict(r: KShot) -> dict:
+def _adapted_dict(r: KShot | SameSong, head: dict) -> dict:
+    """A PDMER block: `head` and its adapted / no-adaptation scores, or why it was skipped."""
     if r.adapted is None or r.no_adaptation is None:
         return {"skipped": r.skipped}
-    return {"listeners": r.listeners, "pairs": r.pairs, "adapted": _scores_dict(r.adapted, "per_pair"),
+    return {**head, "adapted": _scores_dict(r.adapted, "per_pair"),
             "no_adaptation": _scores_dict(r.no_adaptation, "per_pair")}
+
+
+def _kshot_dict(r: KShot) -> dict:
+    return _adapted_dict(r, {"listeners": r.listeners, "pairs": r.pairs})
 
 
 def _same_song_dict(r: SameSong) -> dict:
-    if r.adapted is None or r.no_adaptation is None:
-        return {"skipped": r.skipped}
-    return {"pairs": r.pairs, "support_steps": r.support_steps, "adapted": _scores_dict(r.adapted, "per_pair"),
-            "no_adaptation": _scores_dict(r.no_adaptation, "per_pair")}
+    return _adapted_dict(r, {"pairs": r.pairs, "support_steps": r.support_steps})
 
 
 def _pdmer_dict(r: PDMERResult) -> dict:
@@ -340,20 +335,26 @@ def _dmer(d, where: str) -> DMERResult:
     return DMERResult(scores=_scores(d, "per_song", where))
 
 
+def _skipped(d) -> bool:
+    return isinstance(d, dict) and "skipped" in d and "adapted" not in d
+
+
+def _adapted(d, where: str) -> tuple[Scores, Scores]:
+    """A PDMER block's (adapted, no-adaptation) scores."""
+    return (_scores(_get(d, "adapted", where), "per_pair", where + "adapted."),
+            _scores(_get(d, "no_adaptation", where), "per_pair", where + "no_adaptation."))
+
+
 def _kshot(k: int, d, where: str) -> KShot:
-    if isinstance(d, dict) and "skipped" in d and "adapted" not in d:
+    if _skipped(d):
         return KShot(k, skipped=_opt_str(d, "skipped", where))
-    return KShot(k, _int(d, "listeners", where), _int(d, "pairs", where),
-                 _scores(_get(d, "adapted", where), "per_pair", where + "adapted."),
-                 _scores(_get(d, "no_adaptation", where), "per_pair", where + "no_adaptation."))
+    return KShot(k, _int(d, "listeners", where), _int(d, "pairs", where), *_adapted(d, where))
 
 
 def _same_song(d, where: str) -> SameSong:
-    if isinstance(d, dict) and "skipped" in d and "adapted" not in d:
+    if _skipped(d):
         return SameSong(skipped=_opt_str(d, "skipped", where))
-    return SameSong(_int(d, "pairs", where), _int(d, "support_steps", where),
-                    _scores(_get(d, "adapted", where), "per_pair", where + "adapted."),
-                    _scores(_get(d, "no_adaptation", where), "per_pair", where + "no_adaptation."))
+    return SameSong(_int(d, "pairs", where), _int(d, "support_steps", where), *_adapted(d, where))
 
 
 def _pdmer(d, where: str) -> PDMERResult:

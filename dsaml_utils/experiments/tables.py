@@ -18,6 +18,12 @@ from dsaml_utils.training.config import RunConfig
 METRIC_NAMES = {"ccc": "CCC", "pcc": "PCC", "rmse": "RMSE", "kendall_tau": "tau", "r2": "R2"}
 
 
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    """Mean and sample std over seeds (NaN when there are too few values)."""
+    mean = float(np.mean(vals)) if vals else math.nan
+    return mean, float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
+
+
 def results_table(results: dict[str, list[RunMetrics]], part: str = "dmer", k: int = 1,
                   metrics: tuple[str, ...] = ("ccc", "pcc", "rmse")) -> pd.DataFrame:
     """Numeric table: one row per spec, columns "<dim>_<metric>" (mean over seeds) and "..._std", "seeds"."""
@@ -30,8 +36,7 @@ def results_table(results: dict[str, list[RunMetrics]], part: str = "dmer", k: i
         for d in DIMENSIONS:
             for met in metrics:
                 vals = [s[f"{d}_{met}"].mean for s in sums if f"{d}_{met}" in s]
-                row[f"{d}_{met}"] = float(np.mean(vals)) if vals else math.nan
-                row[f"{d}_{met}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
+                row[f"{d}_{met}"], row[f"{d}_{met}_std"] = _mean_std(vals)
         row["seeds"] = len(sums)
         row["train_s"] = float(np.mean([m.train_seconds for m in runs]))
         rows.append(row)
@@ -50,8 +55,7 @@ def kshot_table(results: dict[str, list[RunMetrics]], kshots: tuple[int, ...] | 
                 for d in DIMENSIONS:
                     vals = [s[f"{d}_ccc"].mean for s in sums]
                     col = f"{d}_ccc" + ("" if part == "pdmer" else "_no_adaptation")
-                    row[col] = float(np.mean(vals)) if vals else math.nan
-                    row[col + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
+                    row[col], row[col + "_std"] = _mean_std(vals)
             pairs = [m.pairs(k) for m in runs]
             row["pairs"] = pairs[0] if len(set(pairs)) == 1 else float(np.mean(pairs))  # the same for every seed
             rows.append(row)

@@ -12,10 +12,15 @@ import torch
 from dsaml_utils.errors import UserError
 
 
-def _umask() -> int:
+def _file_mode() -> int:
+    """The mode open() gives a new file under the process umask (read once: setting it is process-wide)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+"""Mode of every file written here (mkstemp alone would make it 0600)."""
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -24,7 +29,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
+        os.chmod(tmp, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

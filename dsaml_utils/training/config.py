@@ -173,8 +173,7 @@ class RunConfig:
         path, and not the cache folder or the descriptive deviations."""
         d = json.loads(json.dumps(dataclasses.asdict(self)))
         del d["cache_dir"]
-        d["root"] = os.path.abspath(d["root"])
-        d["init"] = os.path.abspath(d["init"]) if d["init"] else None
+        d["root"], d["init"] = _absolute(self.root), _absolute(self.init)
         return d
 
     def to_json(self) -> str:
@@ -210,9 +209,13 @@ def resolve_run(cfg: RunConfig) -> RunConfig:
     """The config as a run records it when it starts: encoder "auto" resolved, dataset root absolute."""
     out = cfg.copy()
     out.encoder = cfg.resolved_encoder()
-    out.root = os.path.abspath(cfg.root)
-    out.init = os.path.abspath(cfg.init) if cfg.init else None
+    out.root, out.init = _absolute(cfg.root), _absolute(cfg.init)
     return out.check()
+
+
+def _absolute(path: str | None) -> str | None:
+    """A run path made absolute against the working directory (None stays None)."""
+    return os.path.abspath(path) if path else None
 
 
 def _from_dict(cls, d, where: str):

@@ -74,7 +74,6 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, out: str | Path, ds: MusicDataset | None = None,
                  cache: FeatureCache | None = None, progress: bool = True):
-
         cfg = resolve_run(cfg)  # what config.json records: encoder "auto" resolved, absolute root
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.device = resolve_device(cfg.train.device)
