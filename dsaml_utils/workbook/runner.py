@@ -14,12 +14,13 @@ Every notebook gets the parameters of `WorkbookParams` (papermill injects them a
 
 Presets: the notebooks train with `training.config.preset(name)`, the same runs `dsaml train --preset NAME`
 and `dsaml experiment --preset NAME` make:
-  smoke   seconds: a tiny synthetic dataset (SMOKE_SYNTH) and the smoke preset (two updates per run); what `make test` runs
+  smoke   seconds: a tiny synthetic dataset (SMOKE_SYNTH) and the smoke preset (two updates per run);
+          what `make test` runs
   quick   the quick preset (CPU-sized) on the default synthetic dataset
   paper   the paper's settings, for a GPU and the real datasets
-On the smoke and quick presets torch uses one thread (DSAML_THREADS=N changes it): on a 2-core
-machine shared with other processes (measured on the project's CI machine), one thread ran the smoke experiments 7x and quick updates
-3x faster than two (OpenMP threads spin while they wait for each other).
+On the smoke and quick presets torch uses one thread (DSAML_THREADS=N changes it): on a 2-core machine
+shared with other processes (measured on the project's CI machine), one thread ran the smoke experiments
+7x and quick updates 3x faster than two (OpenMP threads spin while they wait for each other).
 """
 
 from __future__ import annotations

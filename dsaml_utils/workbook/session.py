@@ -45,7 +45,7 @@ class Session:
         seed_everything(self.seed)
         threads = os.environ.get("DSAML_THREADS") or ("1" if preset != "paper" else "")
         if threads:
-            # see the module docstring: one thread is far faster when the cores are shared
+            # see workbook.runner's docstring: one thread is far faster when the cores are shared
             torch.set_num_threads(int(threads))
         warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
 
@@ -112,8 +112,7 @@ class Session:
         return load_run_model(self.run_folder(experiment, row), self.device)
 
     def song_data(self, cfg, model, song_ids: list[str]) -> dict:
-        """train.SongData (model inputs and every listener's labels) of these songs, from the cache."""
-
+        """features.songs.SongData (model inputs and every listener's labels) of these songs, from the cache."""
         return build_store(self.dataset(), list(song_ids), cfg, model, FeatureCache(self.cache_dir), progress=False)
 
     def history(self, experiment: str, row: str):
