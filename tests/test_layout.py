@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "dsaml_utils"
 
 STAGES = [
-    ("errors", "metrics", "seeding"),  # shared by every stage
+    ("errors", "metrics", "runtime", "seeding"),  # shared by every stage
     ("io",),
     ("data",),
     ("features",),

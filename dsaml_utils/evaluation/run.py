@@ -23,6 +23,7 @@ from dsaml_utils.evaluation.results import (
 from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.io.provenance import code_version, file_digest
 from dsaml_utils.models.inference import resolve_device
+from dsaml_utils.runtime import keep_freed_memory
 from dsaml_utils.training.config import RunConfig
 from dsaml_utils.training.runs import load_run_model
 from dsaml_utils.training.store import build_store
@@ -46,6 +47,7 @@ def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: Feat
         ds = ds if ds is not None else load_dataset(cfg.dataset, cfg.root)
         if old.data.fingerprint == data_fingerprint(ds):
             return old
+    keep_freed_memory()  # see dsaml_utils.runtime
     t0 = time.perf_counter()
     device = resolve_device(cfg.train.device)
     cfg, model = load_run_model(run, device)

@@ -25,7 +25,6 @@ environment (read when torch starts), gives steadier numbers. The report shows b
 from __future__ import annotations
 
 import copy
-import ctypes
 import os
 import platform
 import statistics
@@ -41,6 +40,7 @@ from dsaml_utils.meta.maml import Batch, MetaConfig, Task, personalize
 from dsaml_utils.models.dsaml import DSAML, DSAMLConfig
 from dsaml_utils.models.inference import predict_with
 from dsaml_utils.models.registry import example_batch
+from dsaml_utils.runtime import keep_freed_memory  # noqa: F401  (re-exported for `dsaml bench`)
 
 
 @dataclass
@@ -65,20 +65,6 @@ DEFAULT_CASES = {
 TINY_MODEL = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, n_frames=11, n_mels=24, global_dim=16,
                   max_rel_distance=8)
 """Field overrides on the quick model for the "smoke" case: a toy size, so that tests time it in seconds."""
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc malloc keep freed memory for reuse (no mmap below 1 GiB, no trimming); True if applied.
-
-    Process-wide and not undone. A no-op (False) where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    # -1 as the trim threshold is SIZE_MAX for glibc: never give the heap's top back to the system
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, -1))
 
 
 def build(preset: str) -> torch.nn.Module:

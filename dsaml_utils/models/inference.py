@@ -24,14 +24,23 @@ def resolve_device(name: str) -> torch.device:
 @torch.no_grad()
 def predict_song(model: nn.Module, sd: SongData, window: int, hop: int, params: dict | None = None,
                  device: str | torch.device = "cpu", chunk: int = 16) -> np.ndarray:
-    """[T, 2] prediction for a whole song: sliding windows, overlapping predictions averaged (eval mode)."""
+    """[T, 2] prediction for a whole song: sliding windows, overlapping predictions averaged (eval mode).
+
+    A model with a slice-wise front end (``model.local_features``: DSAML with its adapter) gets each
+    slice's features computed once for the whole song, then windows over them: the same numbers as
+    running the front end window by window, without computing overlapping slices twice.
+    """
     was_training = model.training
     model.eval()
     T = len(sd.times)
     keys = tuple(getattr(model, "inputs", ("mel", "mask")))
     hop = max(1, min(hop, window))  # windows must cover every step
     items = [Item(sd.song_id, MEAN, s, min(window, T - s)) for s in window_starts(T, window, hop)]
-    store = {sd.song_id: _unlabelled(sd)}
+    song = _unlabelled(sd)
+    if _has_local(model, keys):
+        song = _with_local(model, params, song, keys, device)
+        keys = ("local", *(k for k in keys if k not in ("mel", "frames")))
+    store = {sd.song_id: song}
     total = np.zeros((T, 2), dtype=np.float64)
     count = np.zeros(T, dtype=np.float64)
     for i in range(0, len(items), chunk):
@@ -44,6 +53,26 @@ def predict_song(model: nn.Module, sd: SongData, window: int, hop: int, params: 
             count[it.start:it.start + it.length] += 1
     model.train(was_training)
     return (total / count[:, None]).astype(np.float32)
+
+
+def _has_local(model: nn.Module, keys: tuple[str, ...]) -> bool:
+    """True when the model's front end works slice by slice (it has ``local_features``)."""
+    return callable(getattr(model, "local_features", None)) and any(k in keys for k in ("mel", "frames"))
+
+
+def _with_local(model: nn.Module, params: dict | None, sd: SongData, keys: tuple[str, ...], device,
+                slices: int = 512) -> SongData:
+    """The song with input "local": its front end's features per step, `slices` steps per call."""
+    key = next(k for k in keys if k in ("mel", "frames"))
+    x = torch.from_numpy(sd.inputs[key])
+    parts = []
+    for i in range(0, len(x), slices):
+        batch = {key: x[i:i + slices][None].to(device)}
+        out = (functional_call(model, params, (batch,), {"local_only": True}) if params is not None
+               else model(batch, local_only=True))
+        parts.append(out["local"][0].float().cpu())
+    inputs = {**sd.inputs, "local": torch.cat(parts).numpy()}
+    return SongData(sd.song_id, sd.times, inputs, sd.labels)
 
 
 def _unlabelled(sd: SongData) -> SongData:
