@@ -288,3 +288,22 @@ def test_batched_equals_loop_on_dsaml_quick(first_order):
     assert max(v.abs().max().item() for v in want.values()) > 0
     for (name, a), b in zip(model.named_buffers(), twin.buffers()):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("n_tasks,chunk", [(1, None), (3, 2)])
+def test_batched_first_order_never_changes_the_model_weights_in_place(n_tasks, chunk):
+    # a vmap chunk of one task once adapted the model's own parameters in place (expand(1) keeps their strides)
+    torch.manual_seed(6)
+    model = DSAML(DSAMLConfig.quick(dropout=0.0, global_dim=16, n_frames=11, n_mels=24))
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    tasks = [(example_batch(model, steps=8, batch_size=1, seed=10 * i),
+              example_batch(model, steps=8, batch_size=2, seed=10 * i + 1)) for i in range(n_tasks)]
+    for s, q in tasks:
+        for b in (s, q):
+            b["y"] = torch.rand(b["mask"].shape[0], 8, 2)
+    twin = copy.deepcopy(model)
+    cfg = MetaConfig(inner_steps=2, inner_lr=0.05, task_chunk=chunk)
+    got, want = meta_grad(model, tasks, cfg, batched=True), meta_grad(twin, tasks, cfg, batched=False)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[k], rtol=0, atol=0, msg=k)
+    assert_close(got, want, atol=1e-5)

@@ -12,6 +12,7 @@ from dsaml_utils.evaluation.run import evaluate_run
 from dsaml_utils.experiments.runner import run_experiment
 from dsaml_utils.experiments.specs import EXPERIMENTS
 from dsaml_utils.experiments.tables import format_table
+from dsaml_utils.meta import distributed as meta_dist
 from dsaml_utils.plots.base import markdown_table
 from dsaml_utils.training.config import PRESETS, RunConfig, apply_overrides, preset
 from dsaml_utils.training.trainer import train
@@ -38,7 +39,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _cli_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    summary = train(cfg, args.out, progress=not args.quiet)
+    # under torchrun (WORLD_SIZE > 1) every process joins the group and meta-trains its shard of each meta-batch
+    joined = meta_dist.init_from_env(cfg.train.device)
+    try:
+        summary = train(cfg, args.out, progress=not args.quiet)
+    finally:
+        if joined:
+            meta_dist.destroy()
+    if meta_dist.env_ranks()[0] != 0:
+        return 0  # rank 0 reports (and evaluates, in one process)
     print(f"run {args.out}: {summary.get('steps')} steps, selected {summary.get('selected')} "
           f"(step {summary.get('selected_step')}, validation score {summary.get('best_val_score')}), "
           f"{summary.get('train_wall_seconds')} s")
@@ -84,6 +93,8 @@ def _register_train(subparsers) -> None:
 
 
 def _cli_experiment(args: argparse.Namespace) -> int:
+    if meta_dist.env_ranks()[1] > 1:  # every process would train (and write) every run
+        raise UserError("dsaml experiment runs in one process; use torchrun with `dsaml train --mode pdmer`")
     args.mode, args.strategy, args.init, args.seed = "dmer", None, None, None
     base = config_from_args(args)
     for name in args.names:

@@ -234,7 +234,8 @@ def _adapt_batched(losses: Callable, params: dict[str, torch.Tensor], stats: dic
             for k, g in zip(names, grads):
                 if g is None:
                     continue
-                if fast[k].stride() != g.stride():  # first step (expanded) or a layout change
+                if fast[k].stride() != g.stride() or fast[k].data_ptr() == params[k].data_ptr():
+                    # first step (expanded, or with one task the parameter itself) or a layout change
                     fast[k] = _copies_like(params[k].detach(), g)
                 fast[k].add_(g, alpha=-cfg.inner_lr)
     return {k: _Attach.apply(fast[k].detach(), params[k]) for k in params}

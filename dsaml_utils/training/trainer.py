@@ -18,6 +18,12 @@ arousal and valence CCC (higher is better).
 
 `--init RUN` starts from another run's model.pt (e.g. MAML from a DMER-trained model). The paper does
 not say that the authors pretrain before meta-training, so the default is from scratch.
+
+Several processes (torchrun; `dsaml_utils.meta.distributed`). When a process group with more than one rank
+is initialised, every rank builds the same data and draws the same tasks, and each meta-step's tasks are
+sharded over the ranks (gradients all-reduced: the same update as one process). Validation runs on every
+rank (same weights, same fixed plan: no rank waits long at a collective) and rank 0's scores are broadcast;
+only rank 0 writes files (a shared run folder is read by all, e.g. to resume). Mode dmer is refused there.
 """
 
 from __future__ import annotations
@@ -40,11 +46,13 @@ from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.features.songs import make_batch, random_item, score_listener_song
 from dsaml_utils.io.atomic import atomic_write_text, load_checkpoint, save_checkpoint
 from dsaml_utils.meta import batched as meta_batched
+from dsaml_utils.meta import distributed as meta_dist
 from dsaml_utils.meta import maml
 from dsaml_utils.meta.listener import adapt_to_listener, support_items
 from dsaml_utils.metrics import mean_ccc, score_song
 from dsaml_utils.models.inference import predict_song, resolve_device
 from dsaml_utils.models.registry import build_model
+from dsaml_utils.runtime import keep_freed_memory
 from dsaml_utils.seeding import (
     ADAPT_VALIDATION,
     TORCH_STEP,
@@ -74,9 +82,15 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, out: str | Path, ds: MusicDataset | None = None,
                  cache: FeatureCache | None = None, progress: bool = True):
+        keep_freed_memory()  # see dsaml_utils.runtime: large activations are not page-faulted in every update
         cfg = resolve_run(cfg)  # what config.json records: encoder "auto" resolved, absolute root
-        self.cfg, self.out, self.progress = cfg, Path(out), progress
-        self.device = resolve_device(cfg.train.device)
+        # torchrun: rank 0 alone writes files and shows progress; each rank on its own GPU
+        self.main = meta_dist.rank() == 0
+        if not cfg.maml and meta_dist.world_size() > 1:
+            raise UserError(f"mode dmer runs in one process ({meta_dist.world_size()} started): only MAML "
+                            "meta-training (mode pdmer) is sharded over processes")
+        self.cfg, self.out, self.progress = cfg, Path(out), progress and self.main
+        self.device = meta_dist.local_device(resolve_device(cfg.train.device))
         self.out.mkdir(parents=True, exist_ok=True)
         check_same_run(self.out, cfg)
         if ds is None and cfg.dataset == "synthetic" and not Path(cfg.root).is_dir():
@@ -113,7 +127,7 @@ class Trainer:
         self.val_listener_songs = {k: listener_songs[k] for k in self.val_listeners}
         needed = sorted(set(self.fit_ids) | set(self.val_ids)
                         | {s for v in self.val_listener_songs.values() for s in v}, key=_sort_key)
-        self.store = build_store(self.ds, needed, cfg, self.model, cache, progress=progress)
+        self.store = build_store(self.ds, needed, cfg, self.model, cache, progress=self.progress)
         self._drop_missing()
 
         if cfg.maml:
@@ -135,7 +149,8 @@ class Trainer:
         self.history: list[dict] = []
         self._losses: list[float] = []
         self.wall = 0.0
-        self.cfg.save(self.out / "config.json")  # only once the run could be set up
+        if self.main:
+            self.cfg.save(self.out / "config.json")  # only once the run could be set up
 
     # ---- setup helpers
 
@@ -187,7 +202,9 @@ class Trainer:
         self._losses = [float(x) for x in state.get("pending_losses", torch.zeros(0)).tolist()]
 
     def save(self) -> None:
-        """checkpoint.pt and history.json, both atomically."""
+        """checkpoint.pt and history.json, both atomically (rank 0 only)."""
+        if not self.main:
+            return
         save_checkpoint(self.out / "checkpoint.pt", self.state())
         atomic_write_text(self.out / "history.json", json.dumps(self.history, indent=1) + "\n")
 
@@ -206,6 +223,13 @@ class Trainer:
                 q_items = [random_item(self.store, s, lst, t.window, rng) for s, lst in qry]
                 tasks.append((make_batch(self.store, s_items, t.window, self.keys, self.device),
                               make_batch(self.store, q_items, t.window, self.keys, self.device)))
+            if meta_dist.world_size() > 1:  # torchrun: this rank's shard of the tasks, gradients all-reduced
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = meta_dist.meta_backward(self.model, tasks, cfg.meta, batched=t.batched_meta)
+                if t.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                self.optimizer.step()
+                return loss
             if t.grad_clip is None:
                 return meta_batched.meta_step(self.model, self.optimizer, tasks, cfg.meta, batched=t.batched_meta)
             self.optimizer.zero_grad(set_to_none=True)
@@ -271,7 +295,7 @@ class Trainer:
             self._losses.append(loss)
             last = self.step == t.steps
             if (t.eval_every and self.step % t.eval_every == 0) or last:
-                self._record(self.validate())
+                self._record(meta_dist.broadcast_object(self.validate()))  # torchrun: rank 0's scores
             self.wall += time.perf_counter() - t0
             if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or last:
                 self.save()
@@ -289,11 +313,16 @@ class Trainer:
         score = val.get("val_score")
         if score is not None and score > self.best["score"]:
             self.best = {"score": float(score), "step": self.step}
-            save_checkpoint(self.out / "best.pt", {"model": self.model.state_dict(), "step": self.step,
-                                                   "val_score": float(score)})
+            if self.main:  # torchrun: rank 0 writes
+                save_checkpoint(self.out / "best.pt", {"model": self.model.state_dict(), "step": self.step,
+                                                       "val_score": float(score)})
 
     def finish(self) -> dict:
-        """Write model.pt (the selected weights) and train_summary.json."""
+        """Write model.pt (the selected weights) and train_summary.json (torchrun: rank 0; all get its summary)."""
+        return meta_dist.broadcast_object(self._write_final() if self.main else None)
+
+    def _write_final(self) -> dict:
+        """Write model.pt and train_summary.json; returns the summary."""
         use_best = self.cfg.train.select == "best" and (self.out / "best.pt").is_file()
         weights = load_checkpoint(self.out / "best.pt", self.device)["model"] if use_best else self.model.state_dict()
         save_checkpoint(self.out / "model.pt", {"model": weights, "step": self.best["step"] if use_best else self.step})
@@ -304,6 +333,7 @@ class Trainer:
             "selected_step": self.best["step"] if use_best else self.step,
             "best_val_score": self.best["score"] if math.isfinite(self.best["score"]) else None,
             "train_wall_seconds": round(self.wall, 2),
+            "processes": meta_dist.world_size(),  # torchrun: ranks that shared each meta-batch
             "fit_songs": len(self.fit_ids),
             "val_songs": len(self.val_ids),
             "task_listeners": len(self.listener_songs),
