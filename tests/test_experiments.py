@@ -5,11 +5,21 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from test_evaluate import fake_metrics
 from test_train import TINY_RUN, one_thread, tiny_cache, tiny_config, tiny_ds, tiny_root  # noqa: F401 (fixtures)
 
 from dsaml_utils.cli import main as cli_main
-from dsaml_utils.errors import UserError
+from dsaml_utils.errors import RunConflict, UserError
+from dsaml_utils.experiments.plan import (
+    WORKBOOK_PLAN,
+    job_cost,
+    plan_jobs,
+    schedule,
+    train_plan,
+    workbook_plan,
+    workbook_seeds,
+)
 from dsaml_utils.experiments.runner import run_experiment, run_specs
 from dsaml_utils.experiments.specs import EXPERIMENTS, RunSpec
 from dsaml_utils.experiments.tables import (
@@ -110,3 +120,89 @@ def test_experiment_cli(tiny_root, tiny_cache, tmp_path, capsys):  # noqa: F811
     cfgs = [json.loads(p.read_text()) for p in sorted((tmp_path / "e").glob("*/seed0/config.json"))]
     assert sorted(c["meta"]["first_order"] for c in cfgs) == [False, True]
     assert (tmp_path / "e" / "tables" / "order.md").is_file()
+
+
+def test_workbook_plan_seeds():
+    plan = workbook_plan(5)
+    assert plan["personalization"] == plan["kshot"] == [5, 6, 7]
+    assert all(plan[n] == [5] for n in plan if n not in ("personalization", "kshot"))
+    assert set(plan) == set(WORKBOOK_PLAN) and set(plan) <= set(EXPERIMENTS)
+    assert set(workbook_plan(0, personalized=False)) == {"table1", "table3"}  # no PDMER without listeners
+    assert workbook_seeds("kshot", 2) == [2, 3, 4] and workbook_seeds("table1", 2) == [2]
+    with pytest.raises(UserError, match="unknown experiment"):
+        workbook_seeds("table9")
+
+
+def test_plan_jobs_dedupe_folders_and_schedule_sources_first(tiny_root, tiny_cache, tmp_path):  # noqa: F811
+    base = tiny_config(tiny_root, tiny_cache)
+    plan = {"table4": [0], "kshot": [0, 1], "personalization": [0, 1], "table1": [0]}
+    jobs = plan_jobs(plan, base, tmp_path)
+    folders = [j.folder for j in jobs]
+    assert len(folders) == len(set(folders))  # a run shared by several tables is trained once
+    # table4: 4 runs; kshot = personalization: 2 more per seed (seed 1: both new); table1: 4 baselines
+    assert len(jobs) == 4 + 1 + 2 + 4
+    assert tmp_path / "dsaml-dmer-traditional" / "seed1" in folders
+    order = schedule(jobs)
+    assert sorted(j.folder for j in order) == sorted(folders)
+    position = {j.folder: i for i, j in enumerate(order)}
+    starts_from = [j for j in jobs if j.after is not None]
+    assert len(starts_from) == 2 and all(position[j.after] < position[j.folder] for j in starts_from)
+    assert all(j.cfg.init == str(j.after) for j in starts_from)
+    # longest first, counting the runs that start from a run: MCRNN (3x DSAML) and DSAML DMER + its MAML run
+    assert {j.folder.parent.name for j in order[:3]} == {"mcrnn-dmer-traditional", "dsaml-dmer-traditional"}
+    assert order[-1].folder.parent.name == "crnn-dmer-traditional" and job_cost(order[-1].cfg) == 2.0
+    with pytest.raises(UserError, match="workers must be at least 1"):
+        train_plan({"table1": [0]}, base, tmp_path, workers=0, progress=False)
+
+
+def _run_record(folder):
+    """A run's weights and its metrics without what differs between two trainings of the same run
+    (paths, times)."""
+    weights = torch.load(folder / "model.pt", weights_only=True)["model"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return weights, {k: metrics[k] for k in ("dmer", "pdmer", "seed", "mode", "model_digest")}
+
+
+def test_train_plan_in_parallel_equals_one_after_another(tiny_ds, tiny_root, tiny_cache, tmp_path, capsys):  # noqa: F811
+    base = tiny_config(tiny_root, tiny_cache, extra=["train.steps=2", "train.eval_every=1"])
+    plan = {"kshot": [0, 1]}  # two DMER runs, and two MAML runs that start from them
+    par = train_plan(plan, base, tmp_path / "par", workers=2)
+    assert "[plan] dsaml-dmer-traditional/seed0: trained and evaluated in" in capsys.readouterr().out
+    ser = train_plan(plan, base, tmp_path / "ser", workers=1, ds=tiny_ds, progress=False)
+    assert len(par) == len(ser) == 4 and all(r.trained for r in par + ser)
+    done = [r.folder for r in par]
+    for src in ("seed0", "seed1"):  # a run that starts from another one finished after it
+        assert (done.index(tmp_path / "par" / "dsaml-dmer-traditional" / src)
+                < done.index(tmp_path / "par" / "dsaml-pdmer-personalized-from-dsaml-dmer-traditional" / src))
+    for run in par:
+        rel = run.folder.relative_to(tmp_path / "par")
+        (wa, ma), (wb, mb) = _run_record(run.folder), _run_record(tmp_path / "ser" / rel)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), rel
+        assert ma == mb, rel
+    # the experiment then finds every run finished and evaluated
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "par").rglob("*") if p.is_file()}
+    _, results, _ = run_experiment("kshot", base, [0, 1], tmp_path / "par", progress=False, ds=tiny_ds)
+    assert {str(r.folder) for r in par if "from" in r.folder.parent.name} == {m.run for m in results["DSAML"]}
+    again = train_plan(plan, base, tmp_path / "par", workers=1, ds=tiny_ds, progress=False)
+    assert not any(r.trained for r in again)
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+
+
+def test_train_plan_error_names_the_run_and_stops_the_others(tiny_root, tiny_cache, tmp_path):  # noqa: F811
+    base = tiny_config(tiny_root, tiny_cache)
+    # a folder holding a run with other settings: that run fails at once, while a worker trains another
+    other = tiny_config(tiny_root, tiny_cache, extra=["train.steps=3"])
+    other.save(_mkdir(tmp_path / "runs" / "dsaml-dmer-traditional" / "seed0") / "config.json")
+    with pytest.raises(RunConflict, match=r"dsaml-dmer-traditional/seed0: RunConflict: .*train.steps"):
+        train_plan({"table3": [0]}, base, tmp_path / "runs", workers=2, progress=False)
+    assert not list((tmp_path / "runs").rglob("model.pt"))  # the run in the other worker was stopped
+    base.root = str(tmp_path / "no-such-dataset")
+    for workers in (2, 1):
+        with pytest.raises(UserError, match=r"dsaml-dmer-traditional/seed0: DataError"):
+            train_plan({"kshot": [0]}, base, tmp_path / f"runs{workers}", workers=workers, progress=False)
+    assert not (tmp_path / "runs2" / "dsaml-pdmer-personalized-from-dsaml-dmer-traditional").exists()
+
+
+def _mkdir(path):
+    path.mkdir(parents=True)
+    return path

@@ -9,14 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
+from dsaml_utils.experiments.plan import plan_jobs
 from dsaml_utils.training.config import SMOKE
 from dsaml_utils.workbook.runner import (
     PARAMETER_NAMES,
     default_params,
     list_notebooks,
     parameters_cell,
+    run_config,
     run_workbook,
     storage_problems,
 )
@@ -88,6 +91,33 @@ def test_notebook_wrote_its_figures_and_tables(smoke_run, name):
         assert "| model |" in md.read_text() or "| quantity |" in md.read_text() or "|---|" in md.read_text()
         assert "_data: synthetic" in md.read_text(), f"{name}: table {md.name} has no provenance line"
         assert (Path(params.tables_dir) / f"{table}.csv").is_file()
+
+
+def test_workbook_trained_every_run_first_and_the_notebooks_none(smoke_run):
+    params, record = smoke_run
+    pre = record["pretrain"]
+    runs = Path(params.run_dir) / "runs"
+    expected = {j.folder for j in plan_jobs(pre["plan"], run_config(params), runs)}
+    assert pre["plan"]["kshot"] == pre["plan"]["personalization"] == [0, 1, 2] and pre["plan"]["table1"] == [0]
+    assert {Path(f) for f in pre["folders"]} == expected and pre["runs"] == pre["trained"] == len(expected)
+    assert pre["jobs"] >= 1 and pre["seconds"] > 0
+    # every run folder is one the pre-training made, and no notebook wrote weights or metrics after it
+    assert {p.parent for p in runs.rglob("config.json")} == expected
+    for folder in expected:
+        for name in ("model.pt", "metrics.json"):
+            assert (folder / name).stat().st_mtime_ns <= pre["finished_ns"], f"{folder / name} written by a notebook"
+
+
+@pytest.mark.parametrize("table", ["personalization", "kshot"])
+def test_personalization_and_kshot_tables_average_three_seeds(smoke_run, table):
+    params, _ = smoke_run
+    tables = Path(params.tables_dir)
+    assert "seeds: 0,1,2" in (tables / f"{table}.md").read_text() and "±" in (tables / f"{table}.md").read_text()
+    df = pd.read_csv(tables / f"{table}.csv")
+    if table == "personalization":
+        assert (df["seeds"] == 3).all()
+    assert df.filter(like="_std").notna().any(axis=None)
+    assert "seeds: 0,1,2" not in (tables / "table1.md").read_text()
 
 
 def test_session_reuses_the_runs_the_notebooks_trained(smoke_run):

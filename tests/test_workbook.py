@@ -13,17 +13,24 @@ import pytest
 from dsaml_utils import cli, plots
 from dsaml_utils.cli import workbook as cli_workbook
 from dsaml_utils.errors import DataError, UserError
+from dsaml_utils.experiments.plan import WORKBOOK_PLAN
 from dsaml_utils.training.config import preset
+from dsaml_utils.workbook import runner
 from dsaml_utils.workbook.runner import (
     PARAMETER_NAMES,
     REPO,
+    default_jobs,
     default_params,
     ensure_dataset,
     list_notebooks,
+    notebook_experiments,
     pick_kernel,
+    pretrain,
+    run_config,
     skip_reason,
     storage_problems,
     strip_outputs,
+    torch_threads,
 )
 from dsaml_utils.workbook.session import Session
 
@@ -138,6 +145,7 @@ def test_run_reports_failing_cell_and_cli_exits_nonzero(tmp_path, capsys):
     assert not (run / "notebooks" / "02_never.ipynb").exists()
     record = json.loads((run / "workbook.json").read_text())
     assert [n["name"] for n in record["notebooks"]] == ["00_ok"] and record["params"]["preset"] == "smoke"
+    assert record["pretrain"]["runs"] == 0 and record["pretrain"]["plan"] == {}  # no notebook uses a run
 
 
 def test_cli_fresh_removes_earlier_outputs_only(tmp_path, capsys):
@@ -154,6 +162,55 @@ def test_cli_fresh_removes_earlier_outputs_only(tmp_path, capsys):
     assert "echoed line" in capsys.readouterr().err  # --log-output streams cell output
     assert not (run / "runs").exists() and (run / "keep.txt").read_text() == "mine"
     assert json.loads((run / "workbook.json").read_text())["notebooks"][0]["name"] == "00_ok"
+
+
+def test_cli_jobs(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    _write_nb(nbs / "00_ok.ipynb", "1")
+    argv = ["workbook", "--preset", "smoke", "--dataset", "deam", "--root", str(tmp_path), "--out",
+            str(tmp_path / "run"), "--notebooks", str(nbs), "--device", "cpu", "--jobs"]
+    with pytest.raises(UserError, match="--jobs -1"):
+        _main(argv + ["-1"])
+    assert _main(argv + ["0"]) == 0
+    out = capsys.readouterr().out
+    assert "training (0 runs, 0 at a time)" in out and "00_ok" in out
+    assert json.loads((tmp_path / "run" / "workbook.json").read_text())["pretrain"]["jobs"] == 0
+
+
+def test_default_jobs_and_threads(monkeypatch):
+    monkeypatch.delenv("DSAML_THREADS", raising=False)
+    cpus = os.cpu_count() or 1
+    assert default_jobs(default_params("quick", device="cpu")) == min(2, cpus)
+    assert default_jobs(default_params("quick", device="cuda")) == 1
+    assert default_jobs(default_params("paper", device="cpu")) == 1
+    assert torch_threads("quick") == torch_threads("smoke") == 1 and torch_threads("paper") is None
+    monkeypatch.setenv("DSAML_THREADS", "3")
+    assert torch_threads("paper") == 3
+
+
+def test_notebook_experiments_are_the_workbook_plan(tmp_path):
+    nb = _write_nb(tmp_path / "00_x.ipynb", "t, r, p = wb.experiment('table4')\nwb.load( 'table3', row)",
+                   'cfg, m = wb.load("table1", "DSAML")\nwb.ensure("kshot", "DSAML")\nwb.history("order", r)',
+                   "wb.experiment('table4')")
+    assert notebook_experiments(nb) == ["table4", "table3", "table1", "kshot"]
+    used = {name for path in list_notebooks() for name in notebook_experiments(path)}
+    assert used == set(WORKBOOK_PLAN)  # the plan trains what the notebooks use, nothing more
+    assert notebook_experiments(REPO / "notebooks" / "05_meta_training.ipynb") == ["table4", "personalization"]
+
+
+def test_pretrain_trains_only_what_the_notebooks_use(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "train_plan", lambda plan, base, out, **kw: calls.append((plan, base, out, kw)) or [])
+    params = default_params("smoke", out=tmp_path / "run", seed=4, device="cpu")
+    ensure_dataset(params)
+    nbs = [_write_nb(tmp_path / "nbs" / "00_a.ipynb", "wb.experiment('kshot')"),
+           _write_nb(tmp_path / "nbs" / "01_b.ipynb", "wb.load('table1', 'DSAML')")]
+    record = pretrain(params, nbs, jobs=2, progress=False)
+    (plan, base, out, kw), = calls
+    assert plan == {"table1": [4], "kshot": [4, 5, 6]} == record["plan"]
+    assert out == tmp_path / "run" / "runs" and kw["workers"] == 2 and kw["threads"] == 1
+    assert base.settings() == run_config(params).settings() and base.cache_dir == str(tmp_path / "run" / "cache")
+    assert pretrain(params, nbs, jobs=0)["runs"] == 0 and len(calls) == 1
 
 
 def test_cli_strip(tmp_path, capsys):
@@ -219,6 +276,15 @@ def test_session_run_config_presets_and_threads(tmp_path, monkeypatch):
 
     p = _session(tmp_path, "paper").run_config()
     assert p.train.steps == preset("paper").train.steps and p.preset == "paper"
+
+
+def test_session_seeds_follow_the_workbook_plan(tmp_path):
+    s = _session(tmp_path, seed=3)
+    assert s.seeds("personalization") == s.seeds("kshot") == [3, 4, 5] and s.seeds("table1") == [3]
+    assert s.provenance_for("kshot") == {"data": "synthetic (data)", "preset": "smoke", "seeds": "3,4,5"}
+    assert s.provenance_for("table3") == s.provenance
+    with pytest.raises(UserError, match="unknown experiment"):
+        s.seeds("table9")
 
 
 def test_session_spec_and_run_folder(tmp_path):

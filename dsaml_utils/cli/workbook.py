@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from dsaml_utils.experiments.plan import RunFailed
 from dsaml_utils.workbook import runner
 from dsaml_utils.workbook.runner import (
     NOTEBOOKS_DIR,
@@ -37,11 +38,15 @@ def _cli(args: argparse.Namespace) -> int:
           f"  run: {params.run_dir}\n  figures: {params.figures_dir}\n  tables: {params.tables_dir}",
           file=sys.stderr)
     try:
-        record = run_workbook(params, args.notebooks, args.only, args.cell_progress, log_output=args.log_output)
-    except NotebookFailed as exc:
+        record = run_workbook(params, args.notebooks, args.only, args.cell_progress, log_output=args.log_output,
+                              jobs=args.jobs)
+    except (NotebookFailed, RunFailed) as exc:
         print(f"dsaml workbook: error: {exc}", file=sys.stderr)
         return 1
-    total = sum(n["seconds"] for n in record["notebooks"])
+    pre = record["pretrain"]
+    total = pre["seconds"] + sum(n["seconds"] for n in record["notebooks"])
+    print(f"  {'training (' + str(pre['runs']) + ' runs, ' + str(pre['jobs']) + ' at a time)':<34} "
+          f"{pre['seconds']:8.1f} s")
     for n in record["notebooks"]:
         print(f"  {n['name']:<34} {n['seconds']:8.1f} s")
     print(f"  {'total':<34} {total:8.1f} s")
@@ -62,6 +67,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (numbers or names)")
     p.add_argument("--notebooks", default=str(NOTEBOOKS_DIR), help=argparse.SUPPRESS)
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="train the notebooks' runs first, N at a time in worker processes (default: 2 on CPU, "
+                        "1 on CUDA and for the paper preset; 0: let the notebooks train them one by one)")
     p.add_argument("--cell-progress", action="store_true", help="show papermill's per-cell progress bar")
     p.add_argument("--log-output", action="store_true",
                    help="echo every cell's output (training progress included) to the terminal")

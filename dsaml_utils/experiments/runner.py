@@ -6,10 +6,16 @@ Use from a notebook::
     from dsaml_utils.training.config import preset
 
     table, results, paths = run_experiment("table4", preset("quick"), seeds=[0, 1, 2], out="runs/exp")
+
+`spec_jobs` says which run folders an experiment needs (and which run each starts from); `run_specs`
+trains them one after another, `experiments.plan.train_plan` several at a time in worker processes.
+Both train and evaluate a run with `train_and_evaluate`, so the folders and their contents are the same.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from dsaml_utils.data.registry import load_dataset
@@ -30,52 +36,82 @@ from dsaml_utils.training.config import RunConfig
 from dsaml_utils.training.trainer import train
 
 
-def run_specs(specs: list[RunSpec], base: RunConfig, seeds: list[int], out: str | Path,
-              progress: bool = True, ds=None) -> dict[str, list[RunMetrics]]:
-    """Train (or reuse) and evaluate every spec for every seed; returns row name -> RunMetrics per seed."""
+@dataclass
+class Job:
+    """One run an experiment needs: its row, seed, config and folder, and the folder it starts from."""
 
+    row: str  # the spec's row label
+    seed: int
+    cfg: RunConfig
+    folder: Path
+    after: Path | None = None  # the run this one starts from (cfg.init): train it first
+
+
+def experiment_specs(name: str, base: RunConfig) -> list[RunSpec]:
+    """The specs (rows) of one experiment of EXPERIMENTS for this base config."""
+    if name not in EXPERIMENTS:
+        raise UserError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    specs = list(EXPERIMENTS[name]["specs"])
+    if base.encoder == "none":  # DSAML without adapter has no input left when there is no global encoder
+        specs = [s for s in specs if s.overrides.get("model_config.use_adapter") is not False]
+    return specs
+
+
+def spec_jobs(specs: list[RunSpec], base: RunConfig, seeds: list[int], out: str | Path) -> list[Job]:
+    """Every (spec, seed) run under `out`, in an order that trains a run's `init_from` source first."""
     if not seeds:
         raise UserError("give at least one seed")
     out = Path(out)
-    ds = ds if ds is not None else load_dataset(base.dataset, base.root)
-    cache = FeatureCache(base.cache_dir)
     names = [s.name for s in specs]
     for spec in specs:
         if spec.init_from is not None and spec.init_from not in names:
             raise UserError(f"row {spec.name!r} starts from row {spec.init_from!r}, which is not in this experiment")
-    # rows that start from another row's runs are trained after it
-    order = sorted(specs, key=lambda s: s.init_from is not None)
-    results: dict[str, list[RunMetrics]] = {}
-    for spec in order:
-        runs = []
+    jobs = []
+    for spec in sorted(specs, key=lambda s: s.init_from is not None):  # sources first
         for seed in seeds:
             cfg = spec.config(base, seed)
-            slug = spec.slug()
+            slug, after = spec.slug(), None
             if spec.init_from is not None:  # e.g. dsaml-pdmer-personalized-from-dsaml-dmer-traditional
                 source = next(s for s in specs if s.name == spec.init_from)
-                cfg.init = str(out / source.slug() / f"seed{seed}")
+                after = out / source.slug() / f"seed{seed}"
+                cfg.init = str(after)
                 slug += "-from-" + source.slug()
-            folder = out / slug / f"seed{seed}"
-            if progress:
-                print(f"[experiments] {spec.name} (seed {seed}): {folder}", flush=True)
-            try:
-                train(cfg, folder, ds=ds, cache=cache, progress=progress)
-            except RunConflict as exc:
-                raise RunConflict(f"{exc}. (Runs are reused by folder: use another --out for changed settings)")
-            runs.append(evaluate_run(folder, ds=ds, cache=cache, progress=progress, reuse=True))
-        results[spec.name] = runs
-    return {name: results[name] for name in names}
+            jobs.append(Job(spec.name, int(seed), cfg, out / slug / f"seed{seed}", after))
+    return jobs
+
+
+def train_and_evaluate(job: Job, ds, cache: FeatureCache, progress: bool = True) -> tuple[RunMetrics, bool, float]:
+    """Train (or reuse) the job's run, then evaluate it (metrics.json reused when current); returns
+    (metrics, whether it was trained here, seconds)."""
+    t0 = time.perf_counter()
+    trained = not ((job.folder / "model.pt").is_file() and (job.folder / "train_summary.json").is_file())
+    try:
+        train(job.cfg, job.folder, ds=ds, cache=cache, progress=progress)
+    except RunConflict as exc:
+        raise RunConflict(f"{exc}. (Runs are reused by folder: use another --out for changed settings)")
+    metrics = evaluate_run(job.folder, ds=ds, cache=cache, progress=progress, reuse=True)
+    return metrics, trained, time.perf_counter() - t0
+
+
+def run_specs(specs: list[RunSpec], base: RunConfig, seeds: list[int], out: str | Path,
+              progress: bool = True, ds=None) -> dict[str, list[RunMetrics]]:
+    """Train (or reuse) and evaluate every spec for every seed; returns row name -> RunMetrics per seed."""
+    jobs = spec_jobs(specs, base, seeds, out)
+    ds = ds if ds is not None else load_dataset(base.dataset, base.root)
+    cache = FeatureCache(base.cache_dir)
+    results: dict[str, list[RunMetrics]] = {s.name: [] for s in specs}
+    for job in jobs:
+        if progress:
+            print(f"[experiments] {job.row} (seed {job.seed}): {job.folder}", flush=True)
+        results[job.row].append(train_and_evaluate(job, ds, cache, progress)[0])
+    return results
 
 
 def run_experiment(name: str, base: RunConfig, seeds: list[int], out: str | Path,
                    tables_dir: str | Path | None = None, progress: bool = True, ds=None):
     """Run one experiment of EXPERIMENTS; returns (numeric table, results, (md, csv) paths)."""
-    if name not in EXPERIMENTS:
-        raise UserError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    specs = experiment_specs(name, base)
     exp = EXPERIMENTS[name]
-    specs = list(exp["specs"])
-    if base.encoder == "none":  # DSAML without adapter has no input left when there is no global encoder
-        specs = [s for s in specs if s.overrides.get("model_config.use_adapter") is not False]
     results = run_specs(specs, base, seeds, out, progress=progress, ds=ds)
     part = exp["part"]
     if part == "kshot":

@@ -4,11 +4,18 @@ Layout of one run (``--out``, default ``runs/<dataset>-<preset>``)::
 
     <run>/notebooks/NN_*.ipynb   executed copies, outputs included
     <run>/runs/<spec>/seed<k>/   training runs (experiments.run_specs layout), shared by the notebooks
-    <run>/workbook.json          parameters, kernel, and seconds per notebook
+    <run>/workbook.json          parameters, kernel, seconds of the pre-training and per notebook
 
 Figures go to ``figures/<dataset>/`` (PNG, plus SVG) and tables to ``figures/<dataset>/tables/``
 (Markdown with a provenance line, plus CSV), so the repository's figures/ directory holds the latest
 quick or paper run; the smoke preset writes both under the run directory instead (PNG only).
+
+Before the notebooks run, every run their tables need (`experiments.plan.WORKBOOK_PLAN`: the experiments
+the notebooks call, three seeds for the personalization and k-shot tables) is trained and evaluated
+(`pretrain`), `--jobs` runs at a time in worker processes (default: 2 on CPU, 1 on CUDA and for the paper
+preset); the notebooks then find them finished and only read them. `--jobs 0` leaves the training to the
+notebooks, one run after another in their kernels.
+
 Every notebook gets the parameters of `WorkbookParams` (papermill injects them after the cell tagged
 "parameters"); a failing notebook stops the run with its name and failing cell, exit status 1.
 
@@ -18,9 +25,9 @@ and `dsaml experiment --preset NAME` make:
           what `make test` runs
   quick   the quick preset (CPU-sized) on the default synthetic dataset
   paper   the paper's settings, for a GPU and the real datasets
-On the smoke and quick presets torch uses one thread (DSAML_THREADS=N changes it): on a 2-core machine
-shared with other processes (measured on the project's CI machine), one thread ran the smoke experiments
-7x and quick updates 3x faster than two (OpenMP threads spin while they wait for each other).
+On the smoke and quick presets torch uses one thread per run (DSAML_THREADS=N changes it): on a 2-core
+machine shared with other processes (measured on the project's CI machine), one thread ran the smoke
+experiments 7x and quick updates 3x faster than two (OpenMP threads spin while they wait for each other).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -41,8 +49,11 @@ import torch
 from tqdm.auto import tqdm
 
 from dsaml_utils.data import synthetic
+from dsaml_utils.data.registry import load_dataset
 from dsaml_utils.errors import DataError, UserError
-from dsaml_utils.training.config import PRESETS
+from dsaml_utils.experiments.plan import train_plan, workbook_plan
+from dsaml_utils.training.config import PRESETS, RunConfig
+from dsaml_utils.training.config import preset as preset_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,6 +120,71 @@ def default_params(
     return WorkbookParams(dataset=dataset, root=str(Path(root).resolve()), preset=preset, seed=int(seed),
                           run_dir=str(run.resolve()), figures_dir=str(figures),
                           tables_dir=str(figures / "tables"), device=device)
+
+
+def cache_dir(params: WorkbookParams) -> Path:
+    """Feature cache: data/cache, shared by runs (entries are keyed by audio content); smoke: <run>/cache."""
+    return Path(params.run_dir) / "cache" if params.preset == "smoke" else REPO / "data" / "cache"
+
+
+def run_config(params: WorkbookParams, **fields) -> RunConfig:
+    """The notebooks' training RunConfig: preset(params.preset) on their dataset, seed, device and cache;
+    keyword fields are set last (a new `mode` brings its default strategy)."""
+    cfg = preset_config(params.preset)
+    cfg.dataset, cfg.root, cfg.cache_dir = params.dataset, str(Path(params.root)), str(cache_dir(params))
+    cfg.train.seed, cfg.train.device = int(params.seed), params.device
+    if "mode" in fields and "strategy" not in fields:
+        cfg.strategy = None  # the new mode's default strategy
+    for k, v in fields.items():
+        setattr(cfg, k, v)
+    return cfg.check()
+
+
+def torch_threads(preset: str) -> int | None:
+    """Torch threads per run: DSAML_THREADS, else 1 on the smoke and quick presets (see the module
+    docstring), else None (torch's default)."""
+    threads = os.environ.get("DSAML_THREADS") or ("1" if preset != "paper" else "")
+    return int(threads) if threads else None
+
+
+def default_jobs(params: WorkbookParams) -> int:
+    """Runs trained at a time before the notebooks: 1 on CUDA and for the paper preset, else the CPU
+    count capped at 2."""
+    if params.device.startswith("cuda") or params.preset == "paper":
+        return 1
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+_CALL = re.compile(r"""\bwb\.(?:experiment|ensure|load)\(\s*["']([^"']+)["']""")
+
+
+def notebook_experiments(path: str | Path) -> list[str]:
+    """The experiments whose runs a notebook trains or loads (`wb.experiment`, `wb.ensure`, `wb.load`)."""
+    nb = nbformat.read(Path(path), as_version=4)
+    names = [m for c in nb.cells if c.cell_type == "code" for m in _CALL.findall(c.source)]
+    return list(dict.fromkeys(names))
+
+
+def pretrain(params: WorkbookParams, notebooks: list[Path], jobs: int, progress: bool = True) -> dict:
+    """Train and evaluate every run of WORKBOOK_PLAN that these notebooks use, `jobs` at a time (see the
+    module docstring); returns what workbook.json records: seconds, runs, runs trained, the plan."""
+    t0 = time.perf_counter()
+    wanted = {name for nb in notebooks for name in notebook_experiments(nb)}
+    record = {"jobs": jobs, "plan": {}, "runs": 0, "trained": 0}
+    if wanted and jobs > 0:
+        ds = load_dataset(params.dataset, params.root)
+        plan = {k: v for k, v in workbook_plan(params.seed, bool(ds.listeners())).items() if k in wanted}
+        print(f"dsaml workbook: training the notebooks' runs, {jobs} at a time: "
+              + ", ".join(f"{k} (seed {','.join(map(str, v))})" for k, v in plan.items()), file=sys.stderr)
+        runs = train_plan(plan, run_config(params), Path(params.run_dir) / "runs", workers=jobs,
+                          threads=torch_threads(params.preset), ds=ds)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the notebooks' kernels use the GPU next
+        record.update(plan=plan, runs=len(runs), trained=sum(r.trained for r in runs),
+                      folders=[str(r.folder) for r in runs])
+    record["seconds"] = round(time.perf_counter() - t0, 2)
+    record["finished_ns"] = time.time_ns()
+    return record
 
 
 def list_notebooks(notebooks_dir: str | Path = NOTEBOOKS_DIR, only: list[str] | None = None) -> list[Path]:
@@ -267,8 +343,10 @@ def run_workbook(
     cell_progress: bool = False,
     kernel: str | None = None,
     log_output: bool = False,
+    jobs: int | None = None,
 ) -> dict:
-    """Run the notebooks in order; returns (and writes to <run>/workbook.json) what ran and how long."""
+    """Train the notebooks' runs (`pretrain`, `jobs` at a time; default `default_jobs`, 0: none), then run
+    the notebooks in order; returns (and writes to <run>/workbook.json) what ran and how long."""
     if log_output:  # papermill logs each cell's output at INFO level
         log = logging.getLogger("papermill")
         if not any(getattr(h, "dsaml", False) for h in log.handlers):
@@ -284,11 +362,17 @@ def run_workbook(
     run.mkdir(parents=True, exist_ok=True)
     ensure_dataset(params)
     record = {"params": dataclasses.asdict(params), "kernel": kernel, "notebooks": []}
-    bar = tqdm(nbs, desc="notebooks", unit="nb")
+    skipped = {nb: skip_reason(nb, params) for nb in nbs}
+    jobs = default_jobs(params) if jobs is None else jobs
+    if jobs < 0:
+        raise UserError(f"--jobs {jobs}: give the number of runs to train at a time (0: none)")
+    bar = None
     try:
+        record["pretrain"] = pretrain(params, [nb for nb in nbs if not skipped[nb]], jobs)
+        bar = tqdm(nbs, desc="notebooks", unit="nb")
         for nb in bar:
             bar.set_postfix_str(nb.stem)
-            reason = skip_reason(nb, params)
+            reason = skipped[nb]
             if reason:
                 print(f"dsaml workbook: skipping {nb.stem}: {reason}", file=sys.stderr)
                 record["notebooks"].append({"name": nb.stem, "seconds": 0.0, "skipped": reason})
@@ -297,6 +381,7 @@ def run_workbook(
             run_notebook(nb, run / "notebooks" / nb.name, params, kernel, cell_progress, log_output)
             record["notebooks"].append({"name": nb.stem, "seconds": round(time.perf_counter() - start, 2)})
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         (run / "workbook.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

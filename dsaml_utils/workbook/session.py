@@ -5,7 +5,6 @@ configuration and the experiments' runs, so that the notebooks stay thin.
 from __future__ import annotations
 
 import json
-import os
 import random
 import warnings
 from pathlib import Path
@@ -17,14 +16,21 @@ import torch
 from dsaml_utils.data.registry import load_dataset
 from dsaml_utils.errors import UserError
 from dsaml_utils.evaluation.results import RunMetrics
+from dsaml_utils.experiments.plan import workbook_seeds
 from dsaml_utils.experiments.runner import run_experiment, run_specs
 from dsaml_utils.experiments.specs import EXPERIMENTS
 from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.plots.base import save_figure, save_table
-from dsaml_utils.training.config import preset
 from dsaml_utils.training.runs import load_run_model
 from dsaml_utils.training.store import build_store
-from dsaml_utils.workbook.runner import PRESETS, REPO, WorkbookParams, ensure_dataset
+from dsaml_utils.workbook.runner import (
+    PRESETS,
+    WorkbookParams,
+    cache_dir,
+    ensure_dataset,
+    run_config,
+    torch_threads,
+)
 
 
 class Session:
@@ -43,16 +49,16 @@ class Session:
         self.dataset_name, self.preset, self.seed, self.device = dataset, preset, int(seed), device
         self._ds = None
         seed_everything(self.seed)
-        threads = os.environ.get("DSAML_THREADS") or ("1" if preset != "paper" else "")
+        threads = torch_threads(preset)
         if threads:
             # see workbook.runner's docstring: one thread is far faster when the cores are shared
-            torch.set_num_threads(int(threads))
+            torch.set_num_threads(threads)
         warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
 
     @property
     def cache_dir(self) -> Path:
         """Feature cache: data/cache, shared by runs (entries are keyed by audio content); smoke: <run>/cache."""
-        return self.run_dir / "cache" if self.preset == "smoke" else REPO / "data" / "cache"
+        return cache_dir(self.params)
 
     @property
     def provenance(self) -> dict:
@@ -71,19 +77,27 @@ class Session:
     def run_config(self, **fields):
         """A training RunConfig for this session: preset(self.preset) on this dataset, seed, device and cache;
         keyword fields are set last (a new `mode` brings its default strategy)."""
-        cfg = preset(self.preset)
-        cfg.dataset, cfg.root, cfg.cache_dir = self.dataset_name, str(self.root), str(self.cache_dir)
-        cfg.train.seed, cfg.train.device = self.seed, self.device
-        if "mode" in fields and "strategy" not in fields:
-            cfg.strategy = None  # the new mode's default strategy
-        for k, v in fields.items():
-            setattr(cfg, k, v)
-        return cfg.check()
+        return run_config(self.params, **fields)
+
+    def seeds(self, experiment: str) -> list[int]:
+        """The seeds of one experiment in the workbook (experiments.plan.WORKBOOK_PLAN, from this session's
+        seed): three for "personalization" and "kshot", one (this session's) for the other tables."""
+        return workbook_seeds(experiment, self.seed)
+
+    def provenance_for(self, experiment: str) -> dict:
+        """The provenance stamp of a figure made from one experiment's table: its seeds in place of the seed."""
+        prov = dict(self.provenance)
+        seeds = self.seeds(experiment)
+        if seeds != [self.seed]:
+            del prov["seed"]
+            prov["seeds"] = ",".join(map(str, seeds))
+        return prov
 
     def experiment(self, name: str, progress: bool = True):
-        """experiments.run_experiment(name) with this session's config and seed: trains (or reuses) its runs
-        under <run_dir>/runs, writes the table into the tables directory; returns (table, results, paths)."""
-        return run_experiment(name, self.run_config(), [self.seed], self.run_dir / "runs", self.tables_dir,
+        """experiments.run_experiment(name) with this session's config over the experiment's seeds (`seeds`):
+        trains (or reuses: `dsaml workbook` trains them all first) its runs under <run_dir>/runs, writes the
+        table (mean ± std over seeds) into the tables directory; returns (table, results, paths)."""
+        return run_experiment(name, self.run_config(), self.seeds(name), self.run_dir / "runs", self.tables_dir,
                               progress=progress, ds=self.dataset())
 
     def spec(self, experiment: str, row: str):
