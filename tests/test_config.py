@@ -55,7 +55,7 @@ def test_quick_preset_records_its_deviations_and_fits_the_model():
     assert any(d.startswith("train.lr: 5e-05 -> 0.001: ") for d in devs)
     assert cfg.to_dict()["deviations"] == devs
     over = cfg.model_overrides()
-    assert over["n_mels"] == cfg.mel.n_mels == 96 and over["n_frames"] == 26 and over["use_global_encoder"] is False
+    assert over["n_mels"] == cfg.mel.n_mels == 96 and over["n_frames"] == 13 and over["use_global_encoder"] is False
 
 
 def test_strategy_defaults_follow_the_mode():
