@@ -9,6 +9,7 @@ import torch
 from test_evaluate import fake_metrics
 from test_train import TINY_RUN, one_thread, tiny_cache, tiny_config, tiny_ds, tiny_root  # noqa: F401 (fixtures)
 
+from dsaml_utils.experiments import tables as tables_module
 from dsaml_utils.cli import main as cli_main
 from dsaml_utils.errors import RunConflict, UserError
 from dsaml_utils.experiments.plan import (
@@ -122,6 +123,25 @@ def test_experiment_cli(tiny_root, tiny_cache, tmp_path, capsys):  # noqa: F811
     assert (tmp_path / "e" / "tables" / "order.md").is_file()
 
 
+def test_experiment_cli_with_two_jobs_trains_the_same_runs(tiny_root, tiny_cache, tmp_path, capsys):  # noqa: F811
+    runs = {}
+    for jobs in ("1", "2"):
+        args = ["experiment", "order", "--seeds", "0", "--root", str(tiny_root), "--dataset", "synthetic",
+                "--cache", tiny_cache, "--out", str(tmp_path / jobs), "--steps", "1", "--quiet", "--jobs", jobs]
+        args += [a for s in TINY_RUN if not s.startswith("train.steps") for a in ("--set", s)]
+        assert cli_main(args) == 0
+        runs[jobs] = sorted((tmp_path / jobs).glob("*/seed0/model.pt"))
+        assert (tmp_path / jobs / "tables" / "order.md").is_file()
+    assert [p.parent.parent.name for p in runs["1"]] == [p.parent.parent.name for p in runs["2"]]
+    assert len(runs["2"]) == 2
+    for a, b in zip(runs["1"], runs["2"]):
+        wa = torch.load(a, weights_only=True)["model"]
+        wb = torch.load(b, weights_only=True)["model"]
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(UserError, match="--jobs must be at least 1"):
+        cli_main(["experiment", "order", "--jobs", "0", "--root", str(tiny_root), "--out", str(tmp_path / "x")])
+
+
 def test_workbook_plan_seeds():
     plan = workbook_plan(5)
     assert plan["personalization"] == plan["kshot"] == [5, 6, 7]
@@ -206,3 +226,10 @@ def test_train_plan_error_names_the_run_and_stops_the_others(tiny_root, tiny_cac
 def _mkdir(path):
     path.mkdir(parents=True)
     return path
+
+
+def test_table_code_stamp_keeps_the_dirty_mark():
+    from_commit = "b54e0b9cfcff0123456789abcdef0123456789ab"
+    assert tables_module._short_version(from_commit) == "b54e0b9cfcff"
+    assert tables_module._short_version(from_commit + "-dirty") == "b54e0b9cfcff-dirty"
+    assert tables_module._short_version("dsaml_utils 0.1") == "dsaml_utils "

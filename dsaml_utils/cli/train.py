@@ -9,6 +9,7 @@ from dsaml_utils.data.registry import DATASETS
 from dsaml_utils.errors import UserError
 from dsaml_utils.evaluation.report import format_metrics
 from dsaml_utils.evaluation.run import evaluate_run
+from dsaml_utils.experiments.plan import train_plan
 from dsaml_utils.experiments.runner import run_experiment
 from dsaml_utils.experiments.specs import EXPERIMENTS
 from dsaml_utils.experiments.tables import format_table
@@ -100,6 +101,11 @@ def _cli_experiment(args: argparse.Namespace) -> int:
     for name in args.names:
         if name not in EXPERIMENTS:
             raise UserError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs > 1:  # train every run first, several at a time; the tables then reuse them
+        train_plan({name: list(args.seeds) for name in args.names}, base, args.out, workers=args.jobs,
+                   progress=not args.quiet)
     for name in args.names:
         df, _, (md, csv) = run_experiment(name, base, args.seeds, args.out, args.tables, progress=not args.quiet)
         print(f"\n{EXPERIMENTS[name]['title']}\n{markdown_table(format_table(df))}\n-> {md}, {csv}")
@@ -113,6 +119,8 @@ def _register_experiment(subparsers) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     p.add_argument("--out", default="runs/experiments", help="runs folder (default runs/experiments)")
     p.add_argument("--tables", help="where tables go (default <out>/tables)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, in worker processes with one "
+                   "torch thread each (default 1: one after another in this process)")
     add_run_options(p)
     p.set_defaults(func=_cli_experiment)
 

@@ -117,7 +117,7 @@ def provenance(results: dict[str, list[RunMetrics]], base: RunConfig, seeds: lis
     fingerprint = first.data.fingerprint if first is not None else ""
     return {"data": f"{base.dataset} ({Path(base.root).name}, {fingerprint[:12]})",
             "preset": base.preset, "seeds": ",".join(map(str, seeds)),
-            "code": (first.code_version if first is not None else "")[:12]}
+            "code": _short_version(first.code_version if first is not None else "")}
 
 
 def save_experiment(df: pd.DataFrame, name: str, title: str, tables_dir: str | Path,
@@ -130,3 +130,8 @@ def save_experiment(df: pd.DataFrame, name: str, title: str, tables_dir: str | P
     atomic_write_text(md, text)
     atomic_write_text(csv, df.reset_index().to_csv(index=False))
     return md, csv
+
+
+def _short_version(version: str) -> str:
+    """A commit shortened to 12 characters, keeping a '-dirty' mark (uncommitted changes) when there is one."""
+    return version[:12] + ("-dirty" if version.endswith("-dirty") and len(version) > 12 else "")
