@@ -15,9 +15,9 @@ from dsaml_utils.experiments import against
 from dsaml_utils.experiments.bench import (
     DEFAULT_CASES,
     format_report,
-    keep_freed_memory,
     run_bench,
 )
+from dsaml_utils.runtime import keep_freed_memory
 
 CASE_OPTIONS = ("tasks", "inner_steps", "query_songs", "steps", "personalize_steps")
 """Options of the batched-vs-loop bench only."""

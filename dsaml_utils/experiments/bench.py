@@ -12,7 +12,7 @@ cores even at the quick size, so both presets are timed on reduced meta-batches 
 x 4 inner steps, 4 query songs; paper: 8 tasks x 2 inner steps, 3 query songs); the report prints what was
 used. Timings are wall-clock and depend on what else runs on the machine: the report gives the load average.
 
-By default the bench first asks glibc's malloc to keep freed memory (`keep_freed_memory`), for both ways
+By default the bench first asks glibc's malloc to keep freed memory (`runtime.keep_freed_memory`), for both ways
 alike. Otherwise every tensor over 32 MB is a fresh mmap whose pages fault in on first touch (~2.5 us per
 4 KB page, measured on a 2-core cloud VM): the batched path, whose per-task stacks are n times larger, pays for that
 on every step while the loop's smaller tensors are recycled. `--no-tune-malloc` measures without it.
@@ -40,7 +40,6 @@ from dsaml_utils.meta.maml import Batch, MetaConfig, Task, personalize
 from dsaml_utils.models.dsaml import DSAML, DSAMLConfig
 from dsaml_utils.models.inference import predict_with
 from dsaml_utils.models.registry import example_batch
-from dsaml_utils.runtime import keep_freed_memory  # noqa: F401  (re-exported for `dsaml bench`)
 
 
 @dataclass
