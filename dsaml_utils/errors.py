@@ -1,4 +1,4 @@
-"""Errors that the CLI reports as one clear line (exit status 2) instead of a traceback."""
+"""Errors that the CLI reports as one clear line (exit status 2, or the error's `exit_code`) instead of a traceback."""
 
 
 class UserError(Exception):
@@ -11,3 +11,9 @@ class DataError(UserError):
 
 class RunConflict(UserError):
     """A run folder already holds a run with other settings (it is never overwritten)."""
+
+
+class Interrupted(UserError):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint; the same command resumes it."""
+
+    exit_code = 130  # the shell's status for a program ended by SIGINT

@@ -15,6 +15,12 @@ Aggregation: `aggregate_songs` gives, per metric, the mean over songs and a 95% 
 t-based by default (mean +- t_{0.975, n-1} * sd / sqrt(n), sd with ddof 1) or a percentile bootstrap over
 songs with a fixed seed. `aggregate_seeds` gives mean +- std (ddof 1) over training seeds. Both return
 NaN bounds / std when fewer than two values are given (an interval from one value does not exist).
+A bounded metric's interval stays within the metric's range (`BOUNDS`: PCC, CCC and Kendall's tau in [-1, 1],
+RMSE >= 0, R^2 <= 1): the t interval is clipped to it (the bootstrap's means are inside it already). The
+mean of values in a range lies in it, so clipping drops only impossible values and keeps the coverage;
+a few songs near +-1 can otherwise give e.g. [-1.59, 1.77]. Fisher's z was not used: it estimates one
+common correlation, and tanh(mean z) is not the mean of per-song values that differ from song to song,
+so its interval could even miss the reported mean.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ DIMENSIONS = ("arousal", "valence")
 
 METRICS = ("ccc", "pcc", "rmse", "kendall_tau", "r2")
 """The per-song metrics that `score_song` reports for each dimension."""
+
+BOUNDS = {"ccc": (-1.0, 1.0), "pcc": (-1.0, 1.0), "kendall_tau": (-1.0, 1.0), "rmse": (0.0, math.inf),
+          "r2": (-math.inf, 1.0)}
+"""The range of each metric's values, which its interval is kept within."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,8 +124,8 @@ def score_song(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
 
 
 def interval(values: Iterable[float], method: str = "t", level: float = 0.95, n_boot: int = 2000,
-             seed: int = 0) -> dict[str, float]:
-    """Mean of per-song values and a confidence interval for it: {"mean", "lo", "hi", "n"}."""
+             seed: int = 0, bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict[str, float]:
+    """Mean of per-song values and a confidence interval for it within `bounds`: {"mean", "lo", "hi", "n"}."""
     v = np.asarray(list(values), dtype=np.float64)
     if v.ndim != 1 or len(v) == 0:
         raise ValueError("need at least one value to aggregate")
@@ -132,17 +142,26 @@ def interval(values: Iterable[float], method: str = "t", level: float = 0.95, n_
         lo, hi = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
     else:
         raise ValueError(f"unknown interval method {method!r} (use 't' or 'bootstrap')")
-    return {"mean": mean, "lo": float(lo), "hi": float(hi), "n": n}
+    return {"mean": mean, "lo": float(max(lo, bounds[0])), "hi": float(min(hi, bounds[1])), "n": n}
 
 
 def aggregate_songs(scores: Iterable[Mapping[str, float]], method: str = "t", level: float = 0.95,
                     seed: int = 0) -> dict[str, dict[str, float]]:
-    """Per metric key, the mean over songs of `score_song` dicts and its interval (see `interval`)."""
+    """Per metric key, the mean over songs of `score_song` dicts and its interval (see `interval`), kept
+    within the metric's `BOUNDS` for a key that names one ("valence_pcc")."""
     scores = list(scores)
     if not scores:
         raise ValueError("no song scores to aggregate")
-    keys = list(scores[0])
-    return {k: interval([s[k] for s in scores], method=method, level=level, seed=seed) for k in keys}
+    return {k: interval([s[k] for s in scores], method=method, level=level, seed=seed, bounds=metric_bounds(k))
+            for k in scores[0]}
+
+
+def metric_bounds(key: str) -> tuple[float, float]:
+    """The range of the metric that a key such as "arousal_kendall_tau" names (unbounded for other keys)."""
+    for name, bounds in BOUNDS.items():
+        if key == name or key.endswith("_" + name):
+            return bounds
+    return (-math.inf, math.inf)
 
 
 def aggregate_seeds(results: Iterable[Mapping[str, float]]) -> dict[str, dict[str, float]]:

@@ -306,3 +306,18 @@ def write_pmemo_fixture(
         else:
             write_audio(path, audio_seconds, sample_rate, seed=i)
     return fx
+
+
+def truncate_audio(path: Path, keep: float) -> None:
+    """Keep only the first `keep` fraction of an audio file's bytes (a download cut short)."""
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: int(len(data) * keep)])
+
+
+def corrupt_frames(path: Path, seed: int = 0) -> None:
+    """Overwrite every 97th byte of the middle half of an audio file (damaged frames; the header is intact)."""
+    data = bytearray(Path(path).read_bytes())
+    rng = np.random.default_rng(seed)
+    for i in range(len(data) // 4, 3 * len(data) // 4, 97):
+        data[i] = int(rng.integers(256))
+    Path(path).write_bytes(bytes(data))

@@ -376,11 +376,11 @@ def test_cli_embed(tmp_path, musicnn_dir, monkeypatch, capsys):
     np.testing.assert_allclose(emb[1], embed_song(get_encoder("musicnn"), b, None), rtol=1e-5, atol=1e-6)
     assert "2 x 1506 musicnn" in capsys.readouterr().out
 
-    assert cli.main(["embed", str(a), "--encoder", "none", "--out", str(out)]) == 0
+    assert cli.main(["embed", str(a), "--encoder", "none", "--out", str(out), "--overwrite"]) == 0
     assert np.load(out).shape == (1, 0)
-    assert cli.main(["embed", str(a), "--out", str(out), "--no-cache"]) == 2  # default 15 s start > 1 s file
+    assert cli.main(["embed", str(a), "--out", str(out), "--no-cache", "--overwrite"]) == 2  # 15 s start > 1 s file
     assert "a.wav" in capsys.readouterr().err
-    assert cli.main(["embed", str(a), "--encoder", "imagebind", "--out", str(out)]) == 2
+    assert cli.main(["embed", str(a), "--encoder", "imagebind", "--out", str(out), "--overwrite"]) == 2
     assert CHECKPOINT_URL in capsys.readouterr().err
 
 

@@ -26,10 +26,12 @@ def _cli_evaluate(args: argparse.Namespace) -> int:
 
 def _cli_personalize(args: argparse.Namespace) -> int:
     res = personalize_files(args.run, args.out, args.predict, support=args.support, personal=args.personal,
-                            start=args.start, progress=not args.quiet)
-    print(f"personal state: {res['personal']}")
-    for p in res["predictions"]:
-        print(f"{p['audio']} -> {p['csv']}, {p['png']}")
+                            start=args.start, progress=not args.quiet, overwrite=args.overwrite)
+    if res["personal"] not in res["written"]:
+        print(f"personal state read from {res['personal']}")
+    replaced = set(res["replaced"])
+    for path in res["written"]:
+        print(f"{'replaced' if path in replaced else 'wrote'} {path}")
     return 0
 
 
@@ -49,7 +51,10 @@ def register(subparsers) -> None:
                    help="one song the person annotated and their curve (CSV: time,arousal,valence at 2 Hz)")
     q.add_argument("--personal", help="a personal.pt saved earlier (instead of --support)")
     q.add_argument("--predict", nargs="+", required=True, metavar="AUDIO", help="songs to predict")
-    q.add_argument("--out", required=True, help="output folder (personal.pt, <song>.csv, <song>.png)")
+    q.add_argument("--out", required=True,
+                   help="output folder (personal.pt, <song>.csv, <song>.png; <song>: the file name without suffix)")
     q.add_argument("--start", type=float, default=0.0, help="first predicted time in seconds (default 0)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace outputs that --out already holds (default: refuse before writing anything)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=_cli_personalize)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ from dsaml_utils.encoders.registry import (
     embed_song,
     get_encoder,
 )
+from dsaml_utils.errors import UserError
 from dsaml_utils.features.cache import FeatureCache
+from dsaml_utils.io.atomic import atomic_write
 from dsaml_utils.models.dsaml import DSAML
 from dsaml_utils.models.registry import MODELS, build_model, summarize
 
@@ -49,7 +52,7 @@ def _register_embed(sub) -> None:
     p = sub.add_parser("embed", help="one global embedding per audio file, as training computes it",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("audio", nargs="+", help="audio files")
-    p.add_argument("--out", required=True, help="output .npy, shape [N, dim]")
+    p.add_argument("--out", required=True, help="output .npy, shape [N, dim] (a folder: FOLDER/embeddings.npy)")
     p.add_argument("--encoder", choices=ENCODERS, default=None,
                    help="default: imagebind when a checkpoint is configured, else musicnn")
     p.add_argument("--checkpoint", default=None,
@@ -60,10 +63,19 @@ def _register_embed(sub) -> None:
     p.add_argument("--cache", default="data/cache", help="feature cache directory")
     p.add_argument("--no-cache", action="store_true", help="compute without reading or writing the cache")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_cli_embed)
 
 
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing output file unless asked to (before any work is done)."""
+    if path.exists() and not overwrite:
+        raise UserError(f"{path}: exists already; pass --overwrite to replace it, or choose another --out")
+
+
 def _cli_embed(args) -> int:
+    path = embed_out_path(args.out)
+    _refuse_existing(path, args.overwrite)
     name = args.encoder or default_encoder_name(args.checkpoint)
     encoder = get_encoder(name, args.checkpoint, args.device)
     cache = None if args.no_cache else FeatureCache(args.cache)
@@ -71,10 +83,18 @@ def _cli_embed(args) -> int:
     vectors = [embed_song(encoder, p, cache, start, duration)
                for p in tqdm(args.audio, desc=f"embed ({name})", unit="file")]
     out = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, encoder.dim), np.float32)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.out, out)
-    print(f"wrote {out.shape[0]} x {out.shape[1]} {name} embeddings to {args.out}")
+    verb = "replaced" if path.exists() else "wrote"
+    atomic_write(path, lambda f: np.save(f, out))
+    print(f"{verb} {out.shape[0]} x {out.shape[1]} {name} embeddings to {path}")
     return 0
+
+
+def embed_out_path(out: str) -> Path:
+    """The file `dsaml embed --out OUT` writes: OUT/embeddings.npy for a folder, else OUT with .npy ensured."""
+    path = Path(out)
+    if path.is_dir() or out.endswith(("/", os.sep)):
+        return path / "embeddings.npy"
+    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")  # np.save would add it unasked
 
 
 def _register_export(sub) -> None:
@@ -82,10 +102,12 @@ def _register_export(sub) -> None:
     p = sub.add_parser("export-imagebind-audio", help="keep only the audio weights of imagebind_huge.pth")
     p.add_argument("--checkpoint", required=True, help="imagebind_huge.pth (or an audio-only file)")
     p.add_argument("--out", required=True, help="where to write the audio-only checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_cli_export)
 
 
 def _cli_export(args) -> int:
+    _refuse_existing(Path(args.out), args.overwrite)
     n = imagebind.export_audio_checkpoint(args.checkpoint, args.out)
     print(f"wrote {n} audio tensors to {args.out}")
     return 0

@@ -25,7 +25,7 @@ OPTION_FIELDS = {"root": "root", "model": "model", "encoder": "encoder", "encode
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig that `dsaml train` options describe (preset, then options, then --set overrides)."""
+    """The RunConfig that `dsaml train` options describe (preset, then options, then --set overrides), checked."""
     cfg = preset(args.preset)
     if args.dataset and not args.root and args.dataset != "synthetic":
         raise UserError(f"--dataset {args.dataset} needs --root (the dataset folder)")
@@ -35,7 +35,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if field in given:
             raise UserError(f"{field} is given twice (by its own option and by --set {item}); give it once")
     cfg.mode, cfg.strategy = args.mode, args.strategy
-    return apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in given.items()] + (args.set or []))
+    for opt, field in OPTION_FIELDS.items():  # one at a time, so that an error names the option
+        if field in given:
+            try:
+                apply_overrides(cfg, [f"{field}={json.dumps(given[field])}"])
+            except UserError as exc:
+                raise UserError(f"--{opt.replace('_', '-')}: {exc}") from None
+    return apply_overrides(cfg, args.set or [])
 
 
 def _cli_train(args: argparse.Namespace) -> int:
@@ -98,6 +104,11 @@ def _cli_experiment(args: argparse.Namespace) -> int:
         raise UserError("dsaml experiment runs in one process; use torchrun with `dsaml train --mode pdmer`")
     args.mode, args.strategy, args.init, args.seed = "dmer", None, None, None
     base = config_from_args(args)
+    for seed in args.seeds:  # each run's config is checked again when it is made; this is before any of them
+        try:
+            apply_overrides(base.copy(), [f"train.seed={seed}"])
+        except UserError as exc:
+            raise UserError(f"--seeds: {exc}") from None
     for name in args.names:
         if name not in EXPERIMENTS:
             raise UserError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")

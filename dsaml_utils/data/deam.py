@@ -11,18 +11,25 @@ Layout under ``root`` (the folder holding ``DEAM_Annotations`` and ``DEAM_audio`
 Choices made here (each one is reported in ``MusicDataset.problems`` when it applies):
 - A curve ends at its last non-empty cell (shorter songs leave the row's tail empty). An empty cell
   before that is a gap: the curve is cut just before it.
+- A sample_<ms>ms column off the 0.5 s label grid (e.g. sample_15250ms) is named and its values are not
+  used; where the remaining columns skip a step, curves are cut before the jump (both reported).
 - Values outside [-1, 1] are kept as they are and reported.
 - A per-rater file that cannot be parsed is reported and that song's rater curves are skipped; an
   averaged or static file that cannot be parsed raises DataError.
 - A WorkerId repeated inside one rater file: the first row is kept, the others are reported.
 - Rater files without a WorkerId column (the 2013 set) are counted in ``anonymous_curves``.
 - The static song-level means of songs <= 1000 are swapped (valence <-> arousal) in public copies:
-  ``check_static_swap`` detects it per id group from the dynamic curves, warns and swaps them back.
+  ``check_static_swap`` detects it from the dynamic curves (given >= ``MIN_SWAP_SONGS`` such songs), warns
+  and swaps them back. A root written by ``dsaml synth`` records whether it reproduced the swap
+  (``SYNTH_CONFIG``); that record is followed instead of the estimate.
+- With ``decode_audio`` every audio file is decoded and one shorter than its labels (``attach_audio``)
+  is reported and not used (`dsaml inspect` does this; training checks it where it decodes anyway).
 - Songs with id >= 2001 are the full songs and the paper's test split; all others are training songs.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from pathlib import Path
@@ -30,8 +37,15 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from dsaml_utils.data.files import attach_audio, parse_floats, read_csv_grid
+from dsaml_utils.data.files import (
+    attach_audio,
+    on_grid,
+    parse_floats,
+    read_csv_grid,
+    with_problems,
+)
 from dsaml_utils.data.types import (
+    HOP_SECONDS,
     MEAN,
     Curve,
     MusicDataset,
@@ -50,6 +64,8 @@ STATIC_FILES = (
 )
 FULL_SONG_MIN_ID = 2001  # ids 2001..2058 are full songs: the paper's test split
 SWAP_BOUNDARY = 1000  # static columns of songs <= this id are swapped in public copies
+MIN_SWAP_SONGS = 20  # fewer songs than this: correlations of song means are too noisy to decide a swap
+SYNTH_CONFIG = "synthetic_truth/config.json"  # written by `dsaml synth`: records swap_static_le_1000
 VALUE_RANGE = (-1.0, 1.0)
 STATIC_RANGE = (1.0, 9.0)
 
@@ -74,6 +90,28 @@ def _sample_times(names: list[str], path: Path) -> np.ndarray:
     if len(times) and np.any(np.diff(times) <= 0):
         raise DataError(f"{path}: sample_<ms>ms columns are not in increasing time order")
     return times
+
+
+def _grid_columns(times: np.ndarray, names: list[str], path: Path, problems: list[str]) -> np.ndarray:
+    """Indices of the columns to use: on the 0.5 s grid, up to the first skipped step (both reported)."""
+    keep = np.array([i for i, t in enumerate(times) if on_grid(t)], dtype=np.int64)
+    off = [names[i] for i in range(len(times)) if not on_grid(times[i])]
+    if off:
+        problems.append(
+            f"{path}: column{'s' if len(off) > 1 else ''} {', '.join(off[:5])}"
+            + (f" and {len(off) - 5} more" if len(off) > 5 else "")
+            + " off the 0.5 s label grid; values not used"
+        )
+    steps = np.diff(times[keep])
+    jumps = np.flatnonzero(np.abs(steps - HOP_SECONDS) > 1e-6)
+    if len(jumps):
+        j = int(jumps[0])
+        problems.append(
+            f"{path}: columns jump from {names[keep[j]]} to {names[keep[j + 1]]} (not 0.5 s); "
+            f"curves cut after {names[keep[j]]}"
+        )
+        keep = keep[: j + 1]
+    return keep
 
 
 def _song_id(cell: str, path: Path, line: int) -> str:
@@ -118,12 +156,14 @@ def read_averaged_dynamic(path: Path, problems: list[str]) -> dict[str, tuple[np
     header, rows = read_csv_grid(path, pad_short=True)  # short songs may omit trailing empty cells
     if header[0].lower() != "song_id":
         raise DataError(f"{path}: first column is {header[0]!r}, expected 'song_id'")
-    names = header[1:]
-    times = _sample_times(names, path)
+    all_names = header[1:]
+    all_times = _sample_times(all_names, path)
+    cols = _grid_columns(all_times, all_names, path, problems)
+    names, times = [all_names[i] for i in cols], all_times[cols]
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for line, cells in rows:
         sid = _song_id(cells[0], path, line)
-        values = parse_floats(cells[1:], path, line, names)
+        values = parse_floats(cells[1:], path, line, all_names)[cols]
         where = f"{path}: song {sid}"
         n = _trim(values, where, names, problems)
         if n == 0:
@@ -143,12 +183,14 @@ def read_rater_file(path: Path, problems: list[str]):
     """
     header, rows = read_csv_grid(path, pad_short=True)
     if header[0].lower() == "workerid":
-        names = header[1:]
-        times = _sample_times(names, path)
+        all_names = header[1:]
+        all_times = _sample_times(all_names, path)
+        cols = _grid_columns(all_times, all_names, path, problems)
+        names, times = [all_names[i] for i in cols], all_times[cols]
         curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for line, cells in rows:
             worker = cells[0].strip()
-            values = parse_floats(cells[1:], path, line, names)
+            values = parse_floats(cells[1:], path, line, all_names)[cols]
             where = f"{path}: worker {worker}"
             if not worker:
                 problems.append(f"{path}: line {line}: empty WorkerId; row skipped")
@@ -224,41 +266,78 @@ def _corr(x: list[float], y: list[float]) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def check_static_swap(songs: dict[str, Song], boundary: int = SWAP_BOUNDARY,
-                      min_songs: int = 3) -> list[str]:
-    """Swap back static arousal/valence where they match the crossed dynamic dimension better.
+def _swap(songs: dict[str, Song], ids: list[str]) -> None:
+    """Exchange the static arousal and valence of these songs."""
+    for i in ids:
+        st = songs[i].static
+        st["arousal"], st["valence"] = st["valence"], st["arousal"]
 
-    The check runs separately for ids <= boundary and ids > boundary: per group, the song-level static
-    means are correlated with the means of the songs' MEAN dynamic curves, straight (valence with
-    valence, arousal with arousal) and crossed. A group where crossed beats straight is swapped back.
-    Returns one message per swapped group (also issued as a warning).
+
+def _swap_group(songs: dict[str, Song], boundary: int) -> list[str]:
+    """Ids <= boundary with static labels and a MEAN curve: the songs the swap check looks at."""
+    return [sid for sid, s in songs.items() if int(sid) <= boundary and s.static is not None and MEAN in s.curves]
+
+
+def check_static_swap(songs: dict[str, Song], boundary: int = SWAP_BOUNDARY,
+                      min_songs: int = MIN_SWAP_SONGS) -> list[str]:
+    """Swap back the static arousal/valence of songs <= boundary where they match the crossed dynamic
+    dimension better; returns the message (also warned) when it swaps, else [].
+
+    Only ids <= boundary are checked: that is where public DEAM copies (and, by default, ``dsaml synth``)
+    swap the columns; the full songs 2001.. are never swapped, so a chance win of the crossed correlation
+    over a handful of them must not swap them. The song-level static means are correlated with the means
+    of the songs' MEAN dynamic curves, straight (valence with valence, arousal with arousal) and crossed;
+    with fewer than `min_songs` songs the correlations are too noisy (3 songs gave 0.41 vs 0.20 by chance)
+    and nothing is changed.
     """
-    messages = []
-    for label, in_group in ((f"<= {boundary}", lambda i: i <= boundary),
-                            (f"> {boundary}", lambda i: i > boundary)):
-        ids = [sid for sid, s in songs.items()
-               if in_group(int(sid)) and s.static is not None and MEAN in s.curves]
-        if len(ids) < min_songs:
-            continue
-        sa = [songs[i].static["arousal"] for i in ids]
-        sv = [songs[i].static["valence"] for i in ids]
-        da = [float(np.mean(songs[i].curves[MEAN].arousal)) for i in ids]
-        dv = [float(np.mean(songs[i].curves[MEAN].valence)) for i in ids]
-        straight = (_corr(sa, da) + _corr(sv, dv)) / 2
-        crossed = (_corr(sv, da) + _corr(sa, dv)) / 2
-        if np.isnan(straight) or np.isnan(crossed) or crossed <= straight:
-            continue
-        for i in ids:
-            st = songs[i].static
-            st["arousal"], st["valence"] = st["valence"], st["arousal"]
-        msg = (
-            f"static annotations of songs {label}: valence and arousal columns look swapped relative "
-            f"to the dynamic curves (mean correlation straight {straight:.2f}, crossed {crossed:.2f}, "
-            f"{len(ids)} songs); swapped back"
-        )
-        warnings.warn(msg, UserWarning, stacklevel=2)
-        messages.append(msg)
-    return messages
+    ids = _swap_group(songs, boundary)
+    if len(ids) < max(min_songs, 2):
+        return []
+    sa = [songs[i].static["arousal"] for i in ids]
+    sv = [songs[i].static["valence"] for i in ids]
+    da = [float(np.mean(songs[i].curves[MEAN].arousal)) for i in ids]
+    dv = [float(np.mean(songs[i].curves[MEAN].valence)) for i in ids]
+    straight = (_corr(sa, da) + _corr(sv, dv)) / 2
+    crossed = (_corr(sv, da) + _corr(sa, dv)) / 2
+    if np.isnan(straight) or np.isnan(crossed) or crossed <= straight:
+        return []
+    _swap(songs, ids)
+    msg = (
+        f"static annotations of songs <= {boundary}: valence and arousal columns look swapped relative "
+        f"to the dynamic curves (mean correlation straight {straight:.2f}, crossed {crossed:.2f}, "
+        f"{len(ids)} songs); swapped back"
+    )
+    warnings.warn(msg, UserWarning, stacklevel=2)
+    return [msg]
+
+
+def recorded_swap(root: Path) -> bool | None:
+    """swap_static_le_1000 as recorded by `dsaml synth` in root/SYNTH_CONFIG; None when not recorded."""
+    path = Path(root) / SYNTH_CONFIG
+    try:
+        value = json.loads(path.read_text())["config"]["swap_static_le_1000"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, bool) else None
+
+
+def _fix_static_swap(root: Path, songs: dict[str, Song]) -> list[str]:
+    """Undo the swapped static columns of songs <= SWAP_BOUNDARY: as a synthetic root records, else estimated."""
+    recorded = recorded_swap(root)
+    if recorded is None:
+        n = len(_swap_group(songs, SWAP_BOUNDARY))
+        if 0 < n < MIN_SWAP_SONGS:
+            return [(f"static annotations of songs <= {SWAP_BOUNDARY}: only {n} songs with static and dynamic "
+                     f"labels, fewer than the {MIN_SWAP_SONGS} needed to tell whether their valence and arousal "
+                     "columns are exchanged (as in public DEAM copies); left as written")]
+        return check_static_swap(songs)
+    ids = [sid for sid, s in songs.items() if int(sid) <= SWAP_BOUNDARY and s.static is not None]
+    if not recorded or not ids:
+        return []
+    _swap(songs, ids)
+    msg = (f"static annotations of songs <= {SWAP_BOUNDARY}: valence and arousal columns swapped back, as "
+           f"{Path(root) / SYNTH_CONFIG} records (swap_static_le_1000, {len(ids)} songs)")
+    return [msg]  # expected (the generator wrote it so): reported in problems, not warned
 
 
 def _find_dir(root: Path, candidates: tuple[str, ...], marker: str) -> tuple[Path | None, list[Path]]:
@@ -273,11 +352,12 @@ def _find_dir(root: Path, candidates: tuple[str, ...], marker: str) -> tuple[Pat
 
 
 def load_deam(root: str | Path, *, name: str = "deam", audio_required: bool = False,
-              check_audio: bool = True) -> MusicDataset:
+              check_audio: bool = True, decode_audio: bool = False) -> MusicDataset:
     """Load DEAM (or a tree in its layout) with MEAN and per-WorkerId curves and the paper's split.
 
     audio_required: drop songs whose audio is missing or not decodable (each is still reported).
     check_audio: open every audio file with libsndfile (cheap); False only checks that it exists.
+    decode_audio: decode every audio file fully and leave out audio shorter than its labels (slow).
     """
     root = Path(root)
     if not root.is_dir():
@@ -305,7 +385,7 @@ def load_deam(root: str | Path, *, name: str = "deam", audio_required: bool = Fa
         if curve is not None:
             songs[sid] = Song(sid, None, {MEAN: curve}, full_length=int(sid) >= FULL_SONG_MIN_ID)
     if not songs:
-        raise DataError(f"{avg_dir}: no song has both an arousal and a valence curve")
+        raise DataError(with_problems(f"{avg_dir}: no song has both an arousal and a valence curve", problems))
 
     anonymous = _load_raters(ann / RATER_DYNAMIC, songs, problems)
 
@@ -320,13 +400,13 @@ def load_deam(root: str | Path, *, name: str = "deam", audio_required: bool = Fa
             if sid in songs and songs[sid].static is None:
                 songs[sid].static = st
     if static_found:
-        problems.extend(check_static_swap(songs))
+        problems.extend(_fix_static_swap(root, songs))
 
-    _attach_audio(root, songs, problems, check_audio)
+    _attach_audio(root, songs, problems, check_audio, decode_audio)
     if audio_required:
         songs = {k: s for k, s in songs.items() if s.audio_path is not None}
         if not songs:
-            raise DataError(f"{root}: no song has usable audio (audio_required=True)")
+            raise DataError(with_problems(f"{root}: no song has usable audio (audio_required=True)", problems))
 
     ids = sorted(songs, key=int)
     return MusicDataset(
@@ -392,11 +472,11 @@ def _load_raters(rater_dir: Path, songs: dict[str, Song], problems: list[str]) -
     return anonymous
 
 
-def _attach_audio(root: Path, songs: dict[str, Song], problems: list[str], check: bool) -> None:
+def _attach_audio(root: Path, songs: dict[str, Song], problems: list[str], check: bool, decode: bool) -> None:
     """Set each song's audio_path when its MP3 exists (and opens); report the others."""
     audio_dir = next((root / c for c in AUDIO_DIRS if (root / c).is_dir()), None)
     if audio_dir is None:
         tried = ", ".join(str(root / c) for c in AUDIO_DIRS)
         problems.append(f"no audio folder found (tried {tried}): {len(songs)} songs have no audio")
         return
-    attach_audio(songs, audio_dir, problems, check)
+    attach_audio(songs, audio_dir, problems, check, decode=decode)

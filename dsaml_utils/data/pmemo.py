@@ -16,6 +16,10 @@ labelled slice): songs shorter than ``min_seconds`` are left out of both splits 
 ``songs``), songs longer than ``test_min_seconds`` are the test split, the rest are training songs.
 The annotation span is used rather than the audio's duration so that the split does not depend on which
 audio files are present or decodable.
+
+A frameTime off the 0.5 s label grid (e.g. 15.25) is named and its row is not used; where a song's times
+then skip a step its curve is cut there (both reported). With ``decode_audio`` every chorus file is decoded
+and one shorter than its labels is reported and not used (``data.files.attach_audio``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dsaml_utils.data.files import attach_audio, parse_floats, read_csv_grid
+from dsaml_utils.data.files import (
+    attach_audio,
+    on_grid,
+    parse_floats,
+    read_csv_grid,
+    with_problems,
+)
 from dsaml_utils.data.types import (
     HOP_SECONDS,
     MEAN,
@@ -82,7 +92,19 @@ def _group(ids: list[str], values: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _curve(sid: str, block: np.ndarray, path: Path, problems: list[str], check_range: bool) -> Curve | None:
-    """A song's rows (time, arousal, valence) as a Curve; repeated times and gaps are reported."""
+    """A song's rows (time, arousal, valence) as a Curve (None when no row is usable); off-grid and repeated
+    times and gaps are reported."""
+    grid = np.array([on_grid(t) for t in block[:, 0]], dtype=bool)
+    if not grid.all():
+        off = block[~grid, 0]
+        problems.append(
+            f"{path}: song {sid}: frameTime {off[0]:g} is off the 0.5 s label grid; "
+            + ("its row is not used" if len(off) == 1 else f"its row and {len(off) - 1} more are not used")
+        )
+        block = block[grid]
+    if len(block) == 0:
+        problems.append(f"{path}: song {sid}: no row on the 0.5 s label grid; song skipped")
+        return None
     t = block[:, 0]
     keep = np.concatenate([[True], np.diff(t) > 1e-9])
     if not keep.all():
@@ -110,12 +132,14 @@ def _curve(sid: str, block: np.ndarray, path: Path, problems: list[str], check_r
 
 
 def load_pmemo(root: str | Path, *, min_seconds: float = MIN_SECONDS,
-               test_min_seconds: float = TEST_MIN_SECONDS, check_audio: bool = True) -> MusicDataset:
+               test_min_seconds: float = TEST_MIN_SECONDS, check_audio: bool = True,
+               decode_audio: bool = False) -> MusicDataset:
     """Load PMEmo's MEAN curves (with stds and static labels), audio paths and the paper's split.
 
     min_seconds: songs whose annotated length is below this are in neither split.
     test_min_seconds: songs whose annotated length is above this form the test split.
     check_audio: open every audio file with libsndfile (cheap); False only checks that it exists.
+    decode_audio: decode every audio file fully and leave out audio shorter than its labels (slow).
     """
     root = Path(root)
     if not root.is_dir():
@@ -129,9 +153,10 @@ def load_pmemo(root: str | Path, *, min_seconds: float = MIN_SECONDS,
     songs: dict[str, Song] = {}
     for sid, block in sorted(_group(ids, values).items(), key=lambda kv: int(kv[0])):
         curve = _curve(sid, block, dyn, problems, check_range=True)
-        songs[sid] = Song(sid, None, {MEAN: curve})
+        if curve is not None:
+            songs[sid] = Song(sid, None, {MEAN: curve})
     if not songs:
-        raise DataError(f"{dyn}: no annotated song")
+        raise DataError(with_problems(f"{dyn}: no annotated song", problems))
 
     std_path = root / "annotations" / "dynamic_annotations_std.csv"
     if std_path.is_file():
@@ -140,7 +165,7 @@ def load_pmemo(root: str | Path, *, min_seconds: float = MIN_SECONDS,
             if sid not in songs:
                 continue
             mean = songs[sid].curves[MEAN]
-            lookup = {round(t * 2): (a, v) for t, a, v in block}  # key: half-seconds
+            lookup = {round(t * 2): (a, v) for t, a, v in block if on_grid(t)}  # key: half-seconds
             rows = [lookup.get(round(t * 2)) for t in mean.times]
             if any(r is None for r in rows):
                 problems.append(f"{std_path}: song {sid}: stds missing for some frameTimes; not stored")
@@ -176,7 +201,7 @@ def load_pmemo(root: str | Path, *, min_seconds: float = MIN_SECONDS,
     if not chorus.is_dir():
         problems.append(f"{chorus}: audio folder not found: {len(songs)} songs have no audio")
     else:
-        attach_audio(songs, chorus, problems, check_audio)
+        attach_audio(songs, chorus, problems, check_audio, decode=decode_audio)
 
     train, test = [], []
     for sid, song in songs.items():

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from dsaml_utils.errors import UserError
+from dsaml_utils.io.atomic import load_checkpoint
 
 CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
 
@@ -207,15 +208,7 @@ def official_state_dict(model: ImageBindAudio) -> dict[str, torch.Tensor]:
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The audio tensors of a checkpoint, memory-mapped so that other modalities are never read."""
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except RuntimeError as exc:  # a legacy (non-zip) file cannot be memory-mapped: read it whole
-            if "mmap" not in str(exc) and "zip" not in str(exc):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path}: cannot read this checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    state = load_checkpoint(path, "cpu", mmap=True)  # refuses code objects with a message of ours
     for wrapper in ("model", "state_dict"):  # some copies nest the state dict one level down
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

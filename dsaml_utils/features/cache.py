@@ -14,14 +14,18 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from dsaml_utils.data.files import short_audio
 from dsaml_utils.data.types import MEAN, MusicDataset, Song
 from dsaml_utils.errors import DataError
 from dsaml_utils.features.audio import load_audio, slice_audio
 from dsaml_utils.features.mel import MelConfig, log_mel
 from dsaml_utils.io.provenance import audio_digest
 
-FEATURE_VERSION = 1
-"""Bumped whenever the feature code changes what it computes, so old cache entries stop matching."""
+FEATURE_VERSION = 2
+"""Bumped whenever the feature code changes what it computes, so old cache entries stop matching.
+
+2: each "mel" and "wave" entry also records "audio_seconds", the decoded duration of its audio file.
+"""
 
 
 def _jsonable(obj):
@@ -107,6 +111,8 @@ def song_features(song: Song, cfg: MelConfig, cache: FeatureCache, listener_time
     when wave_sr is given, "wave" [T, round(slice_seconds * wave_sr)] raw slices at that rate.
 
     Times are the MEAN curve's unless listener_times is given; slice i covers [t_i, t_i + slice_seconds).
+    Audio that decodes shorter than the labels (``data.files.short_audio``) raises DataError instead of
+    being zero-padded; the decoded duration is stored with each entry, so a warm cache decodes nothing.
     """
     if song.audio_path is None:
         raise DataError(f"song {song.song_id}: no audio file")
@@ -118,17 +124,24 @@ def song_features(song: Song, cfg: MelConfig, cache: FeatureCache, listener_time
     base = {"audio": audio_digest(song.audio_path), "times": times, "slice_seconds": cfg.slice_seconds,
             "version": FEATURE_VERSION}
 
-    def mel() -> np.ndarray:
-        wave, sr = load_audio(song.audio_path, cfg.sample_rate)
+    def entry(kind: str, key: dict, sr: int, make: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+        def compute() -> dict[str, np.ndarray]:
+            wave, rate = load_audio(song.audio_path, sr)
+            return {kind: make(wave, rate), "audio_seconds": np.array(len(wave) / rate)}
+
+        value = cache.get_or_compute(kind, key, compute)
+        problem = short_audio(song.audio_path, float(value["audio_seconds"]), times)
+        if problem:
+            raise DataError(problem)
+        return value[kind]
+
+    def mel(wave: np.ndarray, sr: int) -> np.ndarray:
         return log_mel(slice_audio(wave, sr, times, cfg.slice_seconds), cfg).numpy()
 
-    out = {"times": times, "mel": cache.get_or_compute("mel", {**base, "cfg": cfg}, mel)}
+    out = {"times": times, "mel": entry("mel", {**base, "cfg": cfg}, cfg.sample_rate, mel)}
     if wave_sr is not None:
-        def raw() -> np.ndarray:
-            wave, sr = load_audio(song.audio_path, wave_sr)
-            return slice_audio(wave, sr, times, cfg.slice_seconds)
-
-        out["wave"] = cache.get_or_compute("wave", {**base, "sr": int(wave_sr)}, raw)
+        out["wave"] = entry("wave", {**base, "sr": int(wave_sr)}, int(wave_sr),
+                            lambda wave, sr: slice_audio(wave, sr, times, cfg.slice_seconds))
     return out
 
 

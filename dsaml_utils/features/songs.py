@@ -70,8 +70,9 @@ def align_curve(curve: Curve, times: np.ndarray) -> np.ndarray:
 def song_tensors(ds: MusicDataset, song_ids: list[str], mel: MelConfig, keys: set[str], cache: FeatureCache,
                  embed: Callable[[Song], np.ndarray] | None = None, wave_sr: int | None = None,
                  progress: bool = True) -> dict[str, SongData]:
-    """SongData with the inputs named by `keys` for each song; songs whose audio fails are noted in
-    ds.problems and skipped. `embed(song)` gives the "global" input when `keys` asks for it."""
+    """SongData with the inputs named by `keys` for each song; songs whose audio fails or does not cover
+    their labels, or whose MEAN times are not one unbroken 0.5 s grid, are noted in ds.problems and skipped.
+    `embed(song)` gives the "global" input when `keys` asks for it."""
     if "global" in keys and embed is None:
         raise UserError("a global embedding is asked for but no encoder was given")
     store: dict[str, SongData] = {}
@@ -79,6 +80,11 @@ def song_tensors(ds: MusicDataset, song_ids: list[str], mel: MelConfig, keys: se
         song = ds.songs[sid]
         if MEAN not in song.curves:
             ds.problems.append(f"song {sid}: no '{MEAN}' curve; skipped")
+            continue
+        grid = song.curves[MEAN].times
+        if len(grid) == 0 or np.any(np.abs(np.diff(grid) - HOP_SECONDS) > 1e-6):
+            ds.problems.append(f"song {sid}: '{MEAN}' label times are not one unbroken {HOP_SECONDS:g} s grid "
+                               f"({len(grid)} times from {grid[0] if len(grid) else 0:g} s); skipped")
             continue
         try:
             feats = song_features(song, mel, cache, wave_sr=wave_sr)

@@ -1,8 +1,14 @@
-"""Atomic file writes and checkpoints: a reader sees the old file or the whole new one, never half of it."""
+"""Atomic file writes and checkpoints: a reader sees the old file or the whole new one, never half of it.
+
+Checkpoints load as tensors and plain containers only (torch.load weights_only): a file that holds code or other
+Python objects is refused with a message of ours, and nothing in it runs.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -55,11 +61,33 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
-    """torch.load(weights_only=True) with a clear error for a missing or damaged file."""
+def load_checkpoint(path: Path, device: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """torch.load(weights_only=True) with a clear error for a missing, damaged or refused file.
+
+    mmap: memory-map the file (only the tensors read are loaded); a legacy non-zip file is then read whole.
+    """
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        try:
+            return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+        except RuntimeError as exc:  # a legacy (non-zip) file cannot be memory-mapped
+            if not mmap or ("mmap" not in str(exc) and "zip" not in str(exc)):
+                raise
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise UserError(f"{path}: cannot read checkpoint (UnpicklingError: {_first_line(exc)})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # torch names the first global it refuses
+        first = f" (the first one found: {found.group(1)})" if found else ""
+        raise UserError(f"{path}: refused: the file holds code or non-tensor Python objects{first}; "
+                        "dsaml never loads such files") from None
     except Exception as exc:  # a truncated or foreign file: say which one
-        raise UserError(f"{path}: cannot read checkpoint ({exc.__class__.__name__}: {exc})") from None
+        raise UserError(f"{path}: cannot read checkpoint ({exc.__class__.__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (torch's may run over many)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""

@@ -8,8 +8,10 @@ How a preset departs from the paper is computed, never written by hand: `deviati
 with `preset("paper")` field by field and gives each difference its one-line reason from `REASONS`.
 
 Each setting lives in one place (MAML's outer loop runs for `train.steps` at `train.lr`), and an override
-that cannot take effect is an error naming the field. `encoder="auto"` stays as written until a run starts;
-`resolve_run` then fixes the encoder name and the absolute dataset root, which is what config.json records.
+that cannot take effect is an error naming the field. `RunConfig.check` holds every field (nested ones too) to
+its type hint, `RANGES` and `CHOICES`, so a bad override or config.json is refused before anything runs.
+`encoder="auto"` stays as written until a run starts; `resolve_run` then fixes the encoder name and the
+absolute dataset root, which is what config.json records.
 Run identity (`RunConfig.settings`) compares settings: not how a path is spelled, nor where the cache is.
 
 A run is one (mode, strategy) pair:
@@ -32,6 +34,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dsaml_utils.data.registry import DATASETS
 from dsaml_utils.data.types import TaskFilter
 from dsaml_utils.encoders.registry import (
     ENCODER_DIMS,
@@ -44,10 +47,12 @@ from dsaml_utils.features.mel import MelConfig
 from dsaml_utils.io.atomic import atomic_write_text
 from dsaml_utils.meta.maml import MetaConfig
 from dsaml_utils.models.registry import MODELS
+from dsaml_utils.training import fields
 
 MODES = ("dmer", "pdmer")
 STRATEGIES = ("personalized", "traditional")
 PRESETS = ("smoke", "quick", "paper")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -108,27 +113,19 @@ class RunConfig:
         self.check()
 
     def check(self) -> "RunConfig":
-        """Normalise types and check the choices (reads no file and no environment); call after editing."""
-        if self.mode not in MODES:
-            raise UserError(f"mode {self.mode!r}: choose one of {MODES}")
-        if self.encoder != "auto" and self.encoder not in ENCODERS:
-            raise UserError(f"encoder {self.encoder!r}: choose one of {ENCODERS} or 'auto'")
+        """Normalise types and check every field's type, range and choice (reads no file and no environment);
+        call after editing. A bad value is a one-line UserError naming the field, the value and what it takes."""
+        _check_fields(self, "")
         if self.strategy is None:
             self.strategy = "personalized" if self.mode == "pdmer" else "traditional"
-        if self.strategy not in STRATEGIES:
-            raise UserError(f"strategy {self.strategy!r}: choose one of {STRATEGIES}")
-        if self.preset not in PRESETS:
-            raise UserError(f"preset {self.preset!r}: choose one of {PRESETS}")
-        if self.model not in MODELS:
-            raise UserError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
-        if self.train.select not in ("best", "last"):
-            raise UserError(f"train.select {self.train.select!r}: choose 'best' or 'last'")
-        if self.train.steps < 1 or self.train.window < 1 or self.train.batch_size < 1:
-            raise UserError("train.steps, train.window and train.batch_size must be positive")
-        self.eval.kshots = tuple(int(k) for k in self.eval.kshots)
-        inner = self.meta.inner_params
-        inner = (inner,) if isinstance(inner, str) else tuple(inner)
-        self.meta.inner_params = tuple(str(p) for p in inner if p not in ("", "all"))
+        self.meta.inner_params = tuple(p for p in self.meta.inner_params if p not in ("", "all"))
+        if self.mel.f_max is not None and self.mel.f_max <= self.mel.f_min:
+            raise UserError(f"mel.f_max {self.mel.f_max!r}: expected above mel.f_min ({self.mel.f_min!r}) or null")
+        for name in ("win", "hop"):
+            if getattr(self.mel, f"{name}_length") < 1:
+                raise UserError(f"mel.{name}_ms {getattr(self.mel, name + '_ms')!r}: expected at least one sample "
+                                f"({1000 / self.mel.sample_rate:.3g} ms at mel.sample_rate {self.mel.sample_rate})")
+        _check_model_config(self.model, self.model_config)
         return self
 
     @property
@@ -219,7 +216,7 @@ def _absolute(path: str | None) -> str | None:
 
 
 def _from_dict(cls, d, where: str):
-    """Build dataclass `cls` from a dict, recursing into dataclass-typed fields."""
+    """Build dataclass `cls` from a dict, recursing into dataclass-typed fields (RunConfig.check normalises)."""
     if not isinstance(d, dict):
         raise UserError(f"{where}: expected an object, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
@@ -230,13 +227,53 @@ def _from_dict(cls, d, where: str):
     kwargs = {}
     for name, value in d.items():
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            value = _from_dict(tp, value, f"{where}.{name}")
-        elif typing.get_origin(tp) is tuple or (typing.get_origin(tp) is typing.Union and any(
-                typing.get_origin(a) is tuple for a in typing.get_args(tp))):
-            value = tuple(value) if isinstance(value, list) else value
-        kwargs[name] = value
+        kwargs[name] = _from_dict(tp, value, f"{where}.{name}") if dataclasses.is_dataclass(tp) else value
     return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# field checks: each field's type hint, plus the ranges and choices below
+
+
+CHOICES = {"preset": PRESETS, "mode": MODES, "strategy": STRATEGIES, "dataset": DATASETS,
+           "model": tuple(sorted(MODELS)), "encoder": ("auto", *ENCODERS), "train.select": ("best", "last"),
+           "train.device": DEVICES, "eval.interval": ("t", "bootstrap")}
+"""Fields that take one of a few names."""
+
+RANGES = {
+    **dict.fromkeys(("train.steps", "train.batch_size", "train.window", "eval.hop", "eval.kshots",
+                     "eval.support_steps", "eval.draws", "meta.inner_steps", "meta.tasks_per_step",
+                     "meta.support_songs", "meta.query_songs", "meta.task_chunk", "tasks.min_songs",
+                     "tasks.flat_window", "mel.sample_rate", "mel.n_mels"), ">= 1"),
+    **dict.fromkeys(("train.lr", "train.grad_clip", "meta.inner_lr", "mel.win_ms", "mel.hop_ms", "mel.f_max",
+                     "mel.log_offset", "mel.slice_seconds"), "> 0"),
+    **dict.fromkeys(("train.eval_every", "train.checkpoint_every", "train.seed", "tasks.flat_threshold",
+                     "mel.f_min"), ">= 0"),
+    "train.val_fraction": "in [0, 1)",
+}
+"""Numeric fields with a range (each element, for a list); every other number only has to be finite."""
+
+NON_EMPTY = ("eval.kshots",)
+"""List fields that need at least one element."""
+
+def _check_value(key: str, value, tp):
+    """`value` normalised to its type hint, within RANGES and CHOICES, or a one-line UserError."""
+    return fields.check_value(key, value, tp, RANGES.get(key), CHOICES.get(key), key in NON_EMPTY)
+
+
+def _check_fields(obj, prefix: str) -> None:
+    """Normalise and check every field of dataclass `obj` (and of the dataclasses in it) by its type hint."""
+    fields.check_fields(obj, prefix, _check_value)
+
+
+def _check_model_config(model: str, overrides: dict) -> None:
+    """Check the types of model_config's values against the model's config dataclass (normalised in place); an
+    unknown key is left to build_model, which names it (an experiment's rows may change the model)."""
+    cls = MODELS[model][1]
+    hints, names = typing.get_type_hints(cls), {f.name for f in dataclasses.fields(cls)}
+    for name, value in overrides.items():
+        if name in names:
+            overrides[name] = _check_value(f"model_config.{name}", value, hints[name])
 
 
 # ---------------------------------------------------------------------------------------------------

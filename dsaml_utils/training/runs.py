@@ -1,4 +1,4 @@
-"""A run folder: its config, its trained model, and whether a folder holds the same run."""
+"""A run folder: its config, its trained model, and whether a folder holds the same run on the same data."""
 
 from __future__ import annotations
 
@@ -36,6 +36,17 @@ def check_same_run(folder: Path, cfg: RunConfig) -> None:
         finished = "a finished" if (Path(folder) / "model.pt").is_file() else "an unfinished"
         raise RunConflict(f"{folder}: holds {finished} run with other settings ({_dict_diff(old, new)}); use another "
                           "--out, or the same settings to resume or reuse it")
+
+
+def check_same_data(path: Path, state: dict, fingerprint: str, root: str) -> None:
+    """Raise RunConflict when checkpoint `state` (read from `path`) records other data than `fingerprint`.
+
+    A checkpoint written before fingerprints were recorded has none and is not checked."""
+    old = state.get("data_fingerprint")
+    if old is None or old == fingerprint:
+        return
+    raise RunConflict(f"{path}: was trained on other data (fingerprint {old[:16]} of {state.get('data_root')}; the "
+                      f"data now: {fingerprint[:16]} of {root}); restore that data, or use another --out")
 
 
 def _sort_key(sid: str):

@@ -1,8 +1,11 @@
 """The trainer: one run of DMER training or MAML meta-training, resumable, with validation.
 
 Runs. `train(cfg, out)` writes into the run folder `out`:
+  .lock            held (fcntl.flock, with the holder's pid) from setup to the end of training: a second
+                   process on the folder is refused with one line naming the folder and that pid
   config.json      the RunConfig as resolved at the start (a rerun with other settings is refused)
-  checkpoint.pt    model, optimizer, torch RNG state, step, config, best score, history (atomic, every
+  checkpoint.pt    model, optimizer, torch RNG state, step, config, best score, history, and the data
+                   fingerprint (`data.registry.data_fingerprint`) and resolved root (atomic, every
                    `train.checkpoint_every` updates): a killed run started again with the same command
                    continues from it and loses at most that many updates
   best.pt          weights with the best validation score so far
@@ -10,6 +13,15 @@ Runs. `train(cfg, out)` writes into the run folder `out`:
   model.pt         the weights evaluation uses (best or last, `train.select`), written when training ends
 Resumption is exact: the data order, the task draws and the dropout seed of update `s` are functions of
 (seed, s) only, so an interrupted run ends with the same weights as an uninterrupted one.
+
+A run folder is a transaction. Once the lock is held, stale `*.tmp` files (left by a killed atomic write) are
+removed. Resuming on other data (another fingerprint) is refused with both fingerprints named; so is reusing
+a finished run (model.pt, which records the fingerprint too) when the data has changed since. A checkpoint
+from before fingerprints were recorded is not checked. Run identity is `RunConfig.settings`: the spelling of
+the dataset root and the cache folder do not count. While the update loop runs, SIGINT and SIGTERM (their
+previous handlers restored afterwards) let the current update and its validation finish, save checkpoint.pt
+and raise `Interrupted` ("interrupted at step N; rerun the same command to resume"; exit status 130); a
+second signal stops at once (KeyboardInterrupt; the files stay whole, every write is atomic).
 
 Validation. Mode dmer: `train.val_fraction` of the training songs (mean labels), scored by sliding-window
 prediction. Mode pdmer: that fraction of the task listeners is held out of meta-training; each is adapted
@@ -23,28 +35,33 @@ Several processes (torchrun; `dsaml_utils.meta.distributed`). When a process gro
 is initialised, every rank builds the same data and draws the same tasks, and each meta-step's tasks are
 sharded over the ranks (gradients all-reduced: the same update as one process). Validation runs on every
 rank (same weights, same fixed plan: no rank waits long at a collective) and rank 0's scores are broadcast;
-only rank 0 writes files (a shared run folder is read by all, e.g. to resume). Mode dmer is refused there.
+only rank 0 writes files (a shared run folder is read by all, e.g. to resume) and takes the lock (the others
+follow its answer), and rank 0's signal decides when every rank stops. Mode dmer is refused there.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from dsaml_utils.data.registry import load_dataset
+from dsaml_utils.data.registry import data_fingerprint, load_dataset
 from dsaml_utils.data.types import MEAN, MusicDataset, personalized_tasks
-from dsaml_utils.errors import UserError
+from dsaml_utils.errors import Interrupted, UserError
 from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.features.songs import make_batch, random_item, score_listener_song
 from dsaml_utils.io.atomic import atomic_write_text, load_checkpoint, save_checkpoint
+from dsaml_utils.io.lock import FolderBusy, FolderLock
 from dsaml_utils.meta import batched as meta_batched
 from dsaml_utils.meta import distributed as meta_dist
 from dsaml_utils.meta import maml
@@ -62,7 +79,12 @@ from dsaml_utils.seeding import (
     torch_seed,
 )
 from dsaml_utils.training.config import RunConfig, resolve_run
-from dsaml_utils.training.runs import _sort_key, check_same_run, load_run_model
+from dsaml_utils.training.runs import (
+    _sort_key,
+    check_same_data,
+    check_same_run,
+    load_run_model,
+)
 from dsaml_utils.training.sampling import (
     VAL_QUERY_SONGS,
     batch_indices,
@@ -92,10 +114,22 @@ class Trainer:
         self.cfg, self.out, self.progress = cfg, Path(out), progress and self.main
         self.device = meta_dist.local_device(resolve_device(cfg.train.device))
         self.out.mkdir(parents=True, exist_ok=True)
+        self._lock, self._locked, self._signal = FolderLock(self.out), False, None
+        self._lock_folder()
+        try:
+            self._setup(ds, cache)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _setup(self, ds: MusicDataset | None, cache: FeatureCache | None) -> None:
+        """Data, model, split, song tensors and optimizer (the folder is locked)."""
+        cfg = self.cfg
         check_same_run(self.out, cfg)
         if ds is None and cfg.dataset == "synthetic" and not Path(cfg.root).is_dir():
             raise UserError(f"{cfg.root}: no synthetic dataset there; generate it with `dsaml synth --out {cfg.root}`")
         self.ds = ds if ds is not None else load_dataset(cfg.dataset, cfg.root)
+        self.data_fingerprint, self.data_root = data_fingerprint(self.ds), str(Path(self.ds.root).resolve())
         t = cfg.train
         test = set(self.ds.test_ids)
         train_ids = [s for s in self.ds.train_ids if s not in test]
@@ -154,6 +188,28 @@ class Trainer:
 
     # ---- setup helpers
 
+    def _lock_folder(self) -> None:
+        """Rank 0 locks the run folder and removes stale temporary files; every rank raises FolderBusy if it can't."""
+        refusal = None
+        if self.main:
+            try:
+                self._lock.acquire()
+            except FolderBusy as exc:
+                refusal = str(exc)
+            else:
+                for tmp in self.out.glob("*.tmp"):  # io.atomic's <name>.<random>.tmp of a killed writer
+                    if tmp.is_file():
+                        tmp.unlink(missing_ok=True)
+        refusal = meta_dist.broadcast_object(refusal)
+        if refusal is not None:
+            raise FolderBusy(refusal)
+        self._locked = True
+
+    def _unlock(self) -> None:
+        """Let the run folder's lock go."""
+        self._lock.release()
+        self._locked = False
+
     def _drop_missing(self) -> None:
         have = set(self.store)
         self.fit_ids = [s for s in self.fit_ids if s in have]
@@ -188,6 +244,8 @@ class Trainer:
             "history": json.dumps(self.history),
             "wall_seconds": self.wall,
             "pending_losses": torch.tensor(self._losses, dtype=torch.float64),
+            "data_fingerprint": self.data_fingerprint,
+            "data_root": self.data_root,
         }
 
     def load_state(self, state: dict) -> None:
@@ -276,35 +334,86 @@ class Trainer:
 
     def run(self, max_steps_this_call: int | None = None,
             callback: Callable[["Trainer"], None] | None = None) -> dict:
-        """Train until train.steps (resuming from checkpoint.pt); returns the summary (train_summary.json)."""
+        """Train until train.steps (resuming from checkpoint.pt); returns the summary (train_summary.json).
+
+        Holds the run folder's lock until it returns or raises; raises Interrupted after SIGINT or SIGTERM."""
+        if not self._locked:
+            self._lock_folder()
+        try:
+            with self._stop_on_signals():
+                return self._run(max_steps_this_call, callback)
+        finally:
+            self._unlock()
+
+    def _run(self, max_steps_this_call: int | None, callback: Callable[["Trainer"], None] | None) -> dict:
         t = self.cfg.train
         ckpt = self.out / "checkpoint.pt"
         if ckpt.is_file():
-            self.load_state(load_checkpoint(ckpt, self.device))
+            state = load_checkpoint(ckpt, self.device)
+            check_same_data(ckpt, state, self.data_fingerprint, self.data_root)
+            self.load_state(state)
         done_now = 0
         bar = tqdm(total=t.steps, initial=self.step, desc=f"train {self.cfg.mode}", unit="step",
                    disable=not self.progress)
-        while self.step < t.steps:
-            if max_steps_this_call is not None and done_now >= max_steps_this_call:
-                bar.close()
-                return {"stopped_at": self.step, "complete": False}
-            t0 = time.perf_counter()
-            loss = self.update()
-            self.step += 1
-            done_now += 1
-            self._losses.append(loss)
-            last = self.step == t.steps
-            if (t.eval_every and self.step % t.eval_every == 0) or last:
-                self._record(meta_dist.broadcast_object(self.validate()))  # torchrun: rank 0's scores
-            self.wall += time.perf_counter() - t0
-            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or last:
-                self.save()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", best=f"{self.best['score']:.3f}")
-            if callback is not None:
-                callback(self)
-        bar.close()
-        return self.finish()
+        try:
+            while self.step < t.steps:
+                if max_steps_this_call is not None and done_now >= max_steps_this_call:
+                    return {"stopped_at": self.step, "complete": False}
+                t0 = time.perf_counter()
+                loss = self.update()
+                self.step += 1
+                done_now += 1
+                self._losses.append(loss)
+                last = self.step == t.steps
+                if (t.eval_every and self.step % t.eval_every == 0) or last:
+                    self._record(meta_dist.broadcast_object(self.validate()))  # torchrun: rank 0's scores
+                self.wall += time.perf_counter() - t0
+                saved = (t.checkpoint_every and self.step % t.checkpoint_every == 0) or last
+                if saved:
+                    self.save()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", best=f"{self.best['score']:.3f}")
+                if callback is not None:
+                    callback(self)
+                if self._signalled():  # a consistent point: the update and its validation are done
+                    if not saved:
+                        self.save()
+                    raise self._interrupted()
+        finally:
+            bar.close()
+        summary = self.finish()
+        if self._signalled():  # during the last step's writes: the run is complete, but stop as asked
+            raise self._interrupted()
+        return summary
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """While training, SIGINT and SIGTERM ask the loop to stop at the next consistent point (a second one
+        raises KeyboardInterrupt at once); the previous handlers come back afterwards (main thread only)."""
+        self._signal = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask(signum, frame):
+            if self._signal is not None:
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        old = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+    def _signalled(self) -> bool:
+        """Whether a stop was asked (torchrun: on rank 0, so that every rank stops after the same step)."""
+        return bool(meta_dist.broadcast_object(self._signal is not None))
+
+    def _interrupted(self) -> Interrupted:
+        """The error that ends an interrupted run (its checkpoint is saved)."""
+        return Interrupted(f"interrupted at step {self.step}; rerun the same command to resume")
 
     def _record(self, val: dict) -> None:
         row = {"step": self.step, "loss": float(np.mean(self._losses)) if self._losses else math.nan, **val}
@@ -325,7 +434,8 @@ class Trainer:
         """Write model.pt and train_summary.json; returns the summary."""
         use_best = self.cfg.train.select == "best" and (self.out / "best.pt").is_file()
         weights = load_checkpoint(self.out / "best.pt", self.device)["model"] if use_best else self.model.state_dict()
-        save_checkpoint(self.out / "model.pt", {"model": weights, "step": self.best["step"] if use_best else self.step})
+        save_checkpoint(self.out / "model.pt", {"model": weights, "step": self.best["step"] if use_best else self.step,
+                                                "data_fingerprint": self.data_fingerprint, "data_root": self.data_root})
         summary = {
             "complete": True,
             "steps": self.step,
@@ -347,10 +457,14 @@ class Trainer:
 def train(cfg: RunConfig, out: str | Path, *, ds: MusicDataset | None = None, cache: FeatureCache | None = None,
           max_steps_this_call: int | None = None, callback: Callable[[Trainer], None] | None = None,
           progress: bool = True) -> dict:
-    """Train (or resume, or return the summary of a finished run) into run folder `out`."""
+    """Train (or resume, or return the summary of a finished run on the same settings and data) into folder `out`."""
     out = Path(out)
     if (out / "model.pt").is_file() and (out / "train_summary.json").is_file():
-        check_same_run(out, resolve_run(cfg))
+        cfg = resolve_run(cfg)
+        check_same_run(out, cfg)
+        ds = ds if ds is not None else load_dataset(cfg.dataset, cfg.root)
+        model = out / "model.pt"
+        check_same_data(model, load_checkpoint(model), data_fingerprint(ds), str(Path(ds.root).resolve()))
         return json.loads((out / "train_summary.json").read_text())
     trainer = Trainer(cfg, out, ds=ds, cache=cache, progress=progress)
     return trainer.run(max_steps_this_call=max_steps_this_call, callback=callback)
