@@ -201,3 +201,15 @@ def test_an_imagebind_checkpoint_with_code_is_refused_the_same_way(tmp_path):
     message = str(err.value)
     assert message.startswith(f"{path}: refused") and "dsaml never loads such files" in message
     assert "weights_only" not in message and "\n" not in message and not marker.exists()
+
+
+def test_device_and_symlinked_root_are_not_run_identity(tmp_path):
+    real = tmp_path / "data"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    a = preset("smoke", root=str(real))
+    b = preset("smoke", root=str(tmp_path / "link"))
+    b.train.device = "cuda"
+    assert a.settings() == b.settings()
+    b.train.steps = 3
+    assert a.settings() != b.settings()

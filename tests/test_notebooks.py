@@ -46,6 +46,8 @@ EXPECTED = {
     },
     "07_attention_maps": {"figures": ["07_attention_maps"], "tables": ["07_attention_diagonals"]},
     "08_personalize_new_listener": {"figures": ["08_personalized_predictions"], "tables": ["08_listener_scores"]},
+    "09_annotate_yourself": {"figures": ["09_example_annotation", "09_personal_predictions"],
+                             "tables": ["09_adapted_vs_average"]},
 }
 
 
@@ -141,3 +143,18 @@ def test_session_reuses_the_runs_the_notebooks_trained(smoke_run):
     sid = wb.dataset().test_ids[0]
     sd = wb.song_data(cfg, model, [sid])[sid]
     assert sd.inputs["mel"].shape[0] == len(sd.times) == len(wb.dataset().songs[sid].curves["mean"])
+
+
+def test_annotate_yourself_saved_the_example_curve_and_adapted_on_it(smoke_run):
+    params, _ = smoke_run
+    from dsaml_utils.evaluation.curves import read_curve_csv
+
+    annotate = Path(params.run_dir) / "annotate"
+    curve = read_curve_csv(annotate / "my_curve_001.csv")  # the personalize format, one row per 0.5 s
+    assert (annotate / "my_curve_001.csv").read_text().startswith("time,arousal,valence\n") and len(curve) >= 20
+    out = annotate / "adapted_001"
+    assert (out / "personal.pt").is_file() and len(list(out.glob("*.csv"))) == len(list(out.glob("*.png"))) == 3
+    nb = nbformat.read(Path(params.run_dir) / "notebooks" / "09_annotate_yourself.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"saved {annotate / 'my_curve_001.csv'}" in text and f"adapted; predictions in {out}" in text
+    assert "batch run: the annotation tool needs a browser" in text  # no widgets under papermill

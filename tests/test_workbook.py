@@ -228,7 +228,8 @@ def test_session_paths_provenance_and_saving(tmp_path):
 
     s = Session("deam", str(tmp_path / "DEAM"), "smoke", 5, str(tmp_path / "run"),
                          str(tmp_path / "figs"), str(tmp_path / "figs" / "tables"), "cpu")
-    assert s.provenance == {"data": "deam (DEAM)", "preset": "smoke", "seed": 5}
+    code = plots.short_code_version()
+    assert s.provenance == {"data": "deam (DEAM)", "preset": "smoke", "seed": 5, "code": code}
     fig = plots.stamp(__import__("matplotlib.pyplot").pyplot.figure(), s.provenance)
     assert [p.name for p in s.save(fig, "f")] == ["f.png"]  # smoke: no SVG
     assert [p.name for p in s.save(fig, "f", svg=True)] == ["f.png", "f.svg"]
@@ -281,7 +282,8 @@ def test_session_run_config_presets_and_threads(tmp_path, monkeypatch):
 def test_session_seeds_follow_the_workbook_plan(tmp_path):
     s = _session(tmp_path, seed=3)
     assert s.seeds("personalization") == s.seeds("kshot") == [3, 4, 5] and s.seeds("table1") == [3]
-    assert s.provenance_for("kshot") == {"data": "synthetic (data)", "preset": "smoke", "seeds": "3,4,5"}
+    assert s.provenance_for("kshot") == {"data": "synthetic (data)", "preset": "smoke", "seeds": "3,4,5",
+                                         "code": plots.short_code_version()}
     assert s.provenance_for("table3") == s.provenance
     with pytest.raises(UserError, match="unknown experiment"):
         s.seeds("table9")

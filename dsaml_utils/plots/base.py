@@ -2,12 +2,15 @@
 
 Each plotting function returns a matplotlib ``Figure`` and takes an optional ``provenance`` dict
 (e.g. ``{"data": "synthetic", "preset": "quick", "seed": 0}``) that `stamp` writes as a small grey
-footer, so a figure copied out of context still says what produced it. ``save_figure`` writes PNG
-(and SVG) files, ``save_table`` writes a Markdown table with a provenance line plus the same table as CSV.
+footer with the code version added (``code: <commit>``, `short_code_version`), so a figure copied out of
+context still says what produced it. ``save_figure`` writes PNG (and SVG) files and returns their paths as
+a `SavedFigure` (a list that shows as one line in a notebook), ``save_table`` writes a Markdown table with a
+provenance line plus the same table as CSV.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Mapping
 
@@ -15,6 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
+from dsaml_utils.io.provenance import code_version
 
 DIMS = ("arousal", "valence")
 
@@ -29,8 +34,21 @@ def provenance_text(provenance: Mapping[str, object] | None) -> str:
     return " | ".join(f"{k}: {v}" for k, v in provenance.items() if v is not None and v != "")
 
 
+@functools.lru_cache(maxsize=1)  # once per process: the code that runs is the code it imported
+def short_code_version() -> str:
+    """io.provenance.code_version() as footers show it: the commit's first 12 characters, '-dirty' kept."""
+    version = code_version()
+    commit, dirty, _ = version.partition("-dirty")
+    if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit):
+        return commit[:12] + ("-dirty" if dirty else "")
+    return version  # not a git checkout: "dsaml_utils <version>"
+
+
 def stamp(fig: Figure, provenance: Mapping[str, object] | None) -> Figure:
-    """Write the provenance as a small footer on the figure (and keep it for the saved metadata)."""
+    """Write the provenance, plus the code version when it has none, as a small footer on the figure
+    (and keep it for the saved metadata)."""
+    if provenance and "code" not in provenance:
+        provenance = {**provenance, "code": short_code_version()}
     text = provenance_text(provenance)
     if text:
         fig.text(0.005, 0.002, text, fontsize=6.5, color="0.45", ha="left", va="bottom")
@@ -38,17 +56,32 @@ def stamp(fig: Figure, provenance: Mapping[str, object] | None) -> Figure:
     return fig
 
 
+class SavedFigure(list):
+    """The paths save_figure wrote (PNG first), a list that a notebook echoes as one short line."""
+
+    @property
+    def path(self) -> Path:
+        """The PNG."""
+        return self[0]
+
+    def __repr__(self) -> str:
+        return f"<saved {self[0].stem}: {', '.join(p.suffix.lstrip('.') for p in self)}>" if self else "<saved nothing>"
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(repr(self))
+
+
 def save_figure(
     fig: Figure, name: str, figures_dir: str | Path, svg: bool = True, close: bool = False
-) -> list[Path]:
-    """Save `fig` as figures_dir/name.png (and .svg); returns the written paths.
+) -> SavedFigure:
+    """Save `fig` as figures_dir/name.png (and .svg); returns the written paths (a SavedFigure).
 
     The figure stays open by default so that a notebook still shows it; scripts pass close=True.
     """
     out = Path(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
     desc = getattr(fig, "_dsaml_provenance", "")
-    paths = [out / f"{name}.png"] + ([out / f"{name}.svg"] if svg else [])
+    paths = SavedFigure([out / f"{name}.png"] + ([out / f"{name}.svg"] if svg else []))
     for path in paths:
         meta = {"Description": desc} if desc else {}
         if path.suffix == ".svg":

@@ -167,9 +167,9 @@ class RunConfig:
 
     def settings(self) -> dict:
         """What decides whether two configs are the same run: every setting, the dataset root as an absolute
-        path, and not the cache folder or the descriptive deviations."""
+        path, and not the cache folder, the device it runs on or the descriptive deviations."""
         d = json.loads(json.dumps(dataclasses.asdict(self)))
-        del d["cache_dir"]
+        del d["cache_dir"], d["train"]["device"]
         d["root"], d["init"] = _absolute(self.root), _absolute(self.init)
         return d
 
@@ -211,8 +211,8 @@ def resolve_run(cfg: RunConfig) -> RunConfig:
 
 
 def _absolute(path: str | None) -> str | None:
-    """A run path made absolute against the working directory (None stays None)."""
-    return os.path.abspath(path) if path else None
+    """A run path made absolute against the working directory, symbolic links resolved (None stays None)."""
+    return os.path.realpath(path) if path else None
 
 
 def _from_dict(cls, d, where: str):

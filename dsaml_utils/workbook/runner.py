@@ -66,6 +66,10 @@ NOTEBOOKS_DIR = REPO / "notebooks"
 KERNEL = "dsaml"
 
 
+BATCH_ENV = "DSAML_WORKBOOK_BATCH"
+"""Set to "1" for the kernels the runner starts: `workbook.widgets.interactive()` is then False."""
+
+
 PARAMETER_NAMES = ("dataset", "root", "preset", "seed", "run_dir", "figures_dir", "tables_dir", "device")
 
 
@@ -286,11 +290,12 @@ def ensure_dataset(params: WorkbookParams) -> Path:
 @contextlib.contextmanager
 def _kernel_environment():
     """Environment of the kernels the runner starts: the repository on PYTHONPATH (so dsaml_utils imports
-    even without `pip install -e .`), and progress bars that redraw every few seconds (each redraw is
-    stored as an output of the executed notebook)."""
-    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "TQDM_MININTERVAL")}
+    even without `pip install -e .`), progress bars that redraw every few seconds (each redraw is
+    stored as an output of the executed notebook), and BATCH_ENV=1 (widget cells draw static output)."""
+    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "TQDM_MININTERVAL", BATCH_ENV)}
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([old["PYTHONPATH"]] if old["PYTHONPATH"] else []))
     os.environ["TQDM_MININTERVAL"] = "5"
+    os.environ[BATCH_ENV] = "1"
     try:
         yield
     finally:

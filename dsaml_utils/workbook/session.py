@@ -1,11 +1,17 @@
 """Inside a notebook, `Session` turns the parameters into paths, a provenance stamp, the dataset, the run
 configuration and the experiments' runs, so that the notebooks stay thin.
+
+Paths are made absolute against the working directory (the notebook's folder in JupyterLab and under
+`dsaml workbook`), as the CLI does, so a notebook's runs are the CLI's runs: `make workbook` trains them and
+a notebook opened afterwards finds and reuses them, however its parameters spell the paths.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -14,13 +20,18 @@ import pandas as pd
 import torch
 
 from dsaml_utils.data.registry import load_dataset
-from dsaml_utils.errors import UserError
+from dsaml_utils.errors import RunConflict, UserError
 from dsaml_utils.evaluation.results import RunMetrics
 from dsaml_utils.experiments.plan import workbook_seeds
-from dsaml_utils.experiments.runner import run_experiment, run_specs
+from dsaml_utils.experiments.runner import run_experiment, run_specs, spec_jobs
 from dsaml_utils.experiments.specs import EXPERIMENTS
 from dsaml_utils.features.cache import FeatureCache
-from dsaml_utils.plots.base import save_figure, save_table
+from dsaml_utils.plots.base import (
+    SavedFigure,
+    save_figure,
+    save_table,
+    short_code_version,
+)
 from dsaml_utils.training.runs import load_run_model
 from dsaml_utils.training.store import build_store
 from dsaml_utils.workbook.runner import (
@@ -40,10 +51,10 @@ class Session:
                  tables_dir: str, device: str = "cpu"):
         if preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        self.params = WorkbookParams(dataset, str(root), preset, int(seed), str(run_dir), str(figures_dir),
-                                     str(tables_dir), device)
-        self.root, self.run_dir = Path(root), Path(run_dir)
-        self.figures_dir, self.tables_dir = Path(figures_dir), Path(tables_dir)
+        self.root, self.run_dir, self.figures_dir, self.tables_dir = (
+            absolute(p) for p in (root, run_dir, figures_dir, tables_dir))
+        self.params = WorkbookParams(dataset, str(self.root), preset, int(seed), str(self.run_dir),
+                                     str(self.figures_dir), str(self.tables_dir), device)
         for d in (self.run_dir, self.figures_dir, self.tables_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.dataset_name, self.preset, self.seed, self.device = dataset, preset, int(seed), device
@@ -62,12 +73,13 @@ class Session:
 
     @property
     def provenance(self) -> dict:
-        """The stamp on every figure and table: data, preset, seed."""
+        """The stamp on every figure and table: data, preset, seed, code version."""
         data = self.dataset_name if self.root.name == self.dataset_name else f"{self.dataset_name} ({self.root.name})"
-        return {"data": data, "preset": self.preset, "seed": self.seed}
+        return {"data": data, "preset": self.preset, "seed": self.seed, "code": short_code_version()}
 
-    def save(self, fig, name: str, svg: bool | None = None) -> list[Path]:
-        """Save a figure as PNG (+ SVG except in smoke runs) into the figures directory; it stays open."""
+    def save(self, fig, name: str, svg: bool | None = None) -> SavedFigure:
+        """Save a figure as PNG (+ SVG except in smoke runs) into the figures directory; it stays open.
+        Returns the paths (PNG first, `.path`), shown as one line when a cell ends with it."""
         return save_figure(fig, name, self.figures_dir, svg=self.preset != "smoke" if svg is None else svg)
 
     def table(self, df, name: str, title: str | None = None) -> Path:
@@ -89,16 +101,18 @@ class Session:
         prov = dict(self.provenance)
         seeds = self.seeds(experiment)
         if seeds != [self.seed]:
+            code = prov.pop("code")
             del prov["seed"]
-            prov["seeds"] = ",".join(map(str, seeds))
+            prov["seeds"], prov["code"] = ",".join(map(str, seeds)), code  # the code version stays last
         return prov
 
     def experiment(self, name: str, progress: bool = True):
         """experiments.run_experiment(name) with this session's config over the experiment's seeds (`seeds`):
         trains (or reuses: `dsaml workbook` trains them all first) its runs under <run_dir>/runs, writes the
         table (mean ± std over seeds) into the tables directory; returns (table, results, paths)."""
-        return run_experiment(name, self.run_config(), self.seeds(name), self.run_dir / "runs", self.tables_dir,
-                              progress=progress, ds=self.dataset())
+        with notebook_hints():
+            return run_experiment(name, self.run_config(), self.seeds(name), self.run_dir / "runs",
+                                  self.tables_dir, progress=progress, ds=self.dataset())
 
     def spec(self, experiment: str, row: str):
         """The experiments.RunSpec of one row of an experiment (e.g. "table3", "w/o attention loss")."""
@@ -109,16 +123,23 @@ class Session:
             raise UserError(f"experiment {experiment!r} has no row {row!r}; rows: {', '.join(specs)}")
         return specs[row]
 
+    def _row_specs(self, experiment: str, row: str) -> list:
+        """The row's RunSpec, and the row it starts from when it has one (its `init_from`)."""
+        spec = self.spec(experiment, row)
+        return [spec] + ([self.spec(experiment, spec.init_from)] if spec.init_from is not None else [])
+
     def run_folder(self, experiment: str, row: str) -> Path:
         """Where the run of one experiment row lives for this session's seed."""
-        return self.run_dir / "runs" / self.spec(experiment, row).slug() / f"seed{self.seed}"
+        jobs = spec_jobs(self._row_specs(experiment, row), self.run_config(), [self.seed], self.run_dir / "runs")
+        return next(job.folder for job in jobs if job.row == row)
 
     def ensure(self, experiment: str, row: str, progress: bool = True) -> RunMetrics:
-        """Train (or reuse) and evaluate the run of one experiment row; returns its metrics record."""
-        spec = self.spec(experiment, row)
-        res = run_specs([spec], self.run_config(), [self.seed], self.run_dir / "runs", progress=progress,
-                        ds=self.dataset())
-        return res[spec.name][0]
+        """Train (or reuse) and evaluate the run of one experiment row (and of the row it starts from);
+        returns its metrics record."""
+        with notebook_hints():
+            res = run_specs(self._row_specs(experiment, row), self.run_config(), [self.seed], self.run_dir / "runs",
+                            progress=progress, ds=self.dataset())
+        return res[row][0]
 
     def load(self, experiment: str, row: str):
         """(RunConfig, model in eval mode) of one experiment row's run (trained first when needed)."""
@@ -145,6 +166,35 @@ class Session:
             ensure_dataset(self.params)
             self._ds = load_dataset(self.dataset_name, self.root)
         return self._ds
+
+
+def absolute(path: str | Path) -> Path:
+    """A parameter path as the CLI takes it: ~ expanded, absolute against the working directory, resolved."""
+    return Path(path).expanduser().resolve()
+
+
+_CLI_HINT = re.compile(r"(?:; use another --out|; restore that data, or use another --out|\. \(Runs are reused).*$",
+                       re.DOTALL)
+"""Where a RunConflict's message starts its advice for the command line (training.runs, experiments.runner)."""
+
+
+@contextlib.contextmanager
+def notebook_hints():
+    """Re-raise a RunConflict (a run folder holds another run) with what to change in a notebook instead of
+    the CLI's `--out` advice."""
+    try:
+        yield
+    except RunConflict as exc:
+        what = _CLI_HINT.sub("", str(exc)).rstrip(" .")
+        named = re.match(r"(.+?): (holds|was trained on other data)", what)
+        folder, data = "that run folder", ""
+        if named and named[2] == "holds":
+            folder = named[1]
+        elif named:  # a checkpoint file of a run folder
+            folder, data = Path(named[1]).parent, "restore the data it was trained on, "
+        raise RunConflict(
+            f"{what}. In a notebook: set `run_dir` in the parameters cell to another folder, {data}or delete "
+            f"{folder} to train it again; then run the notebook from the top") from None
 
 
 def seed_everything(seed: int) -> None:
