@@ -224,5 +224,8 @@ def test_cli_export(tmp_path, capsys):
     assert cli.main(["export-imagebind-audio", "--checkpoint", str(src), "--out", str(out)]) == 0
     assert "audio tensors" in capsys.readouterr().out
     assert not any("vision" in k for k in torch.load(out, weights_only=True))
-    assert cli.main(["export-imagebind-audio", "--checkpoint", str(tmp_path / "missing.pth"), "--out", str(out)]) == 2
+    missing = ["export-imagebind-audio", "--checkpoint", str(tmp_path / "missing.pth"), "--out", str(out)]
+    assert cli.main(missing) == 2  # refused before reading anything: the output exists
+    assert "exists already" in capsys.readouterr().err
+    assert cli.main([*missing, "--overwrite"]) == 2
     assert "missing.pth" in capsys.readouterr().err
