@@ -159,8 +159,11 @@ def test_kaldi_mel_banks_layout():
 
 
 def test_constant_clip_bounds_by_hand():
-    # 30 s: last possible start 28 s, clips every 28/3 s.
-    assert constant_clip_bounds(30 * 16000, 16000) == [(0, 32000), (149333, 181333), (298666, 330666)]
+    # 30 s: last possible start 28 s; ImageBind's pinned sampler puts clips every 28/2 s (start, middle, end),
+    # pytorchvideo 0.1.5 every 28/3 s.
+    assert constant_clip_bounds(30 * 16000, 16000) == [(0, 32000), (224000, 256000), (448000, 480000)]
+    assert constant_clip_bounds(30 * 16000, 16000, clip_spacing="pytorchvideo-0.1.5") == [
+        (0, 32000), (149333, 181333), (298666, 330666)]
     assert constant_clip_bounds(16000, 16000) == [(0, 16000)] * 3  # shorter than a clip: whole wave, 3x
     assert constant_clip_bounds(32000, 16000, n_clips=2) == [(0, 32000)] * 2
 

@@ -47,9 +47,27 @@ def _register_summary(subparsers) -> None:
     p.set_defaults(func=_summary_command)
 
 
+EXCERPT = (15.0, 30.0)
+"""`dsaml embed`'s default excerpt (start, duration) in seconds: a DEAM clip's labelled span; not for imagebind."""
+
+
+def embed_excerpt(encoder: str, start: float | None, duration: float | None,
+                  whole: bool = False) -> tuple[float | None, float | None]:
+    """(start, duration) that `dsaml embed` embeds; None = file start / to the end.
+
+    imagebind embeds the whole file unless --start/--duration say otherwise (Meta's load_and_transform_audio_data
+    has no excerpt); the other encoders default to EXCERPT.
+    """
+    if whole:
+        return None, None
+    if encoder == "imagebind":
+        return start, duration
+    return (EXCERPT[0] if start is None else start), (EXCERPT[1] if duration is None else duration)
+
+
 def _register_embed(sub) -> None:
     """Add `dsaml embed` (and `dsaml export-imagebind-audio`)."""
-    p = sub.add_parser("embed", help="one global embedding per audio file, as training computes it",
+    p = sub.add_parser("embed", help="one global embedding per audio file, read as training reads it",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("audio", nargs="+", help="audio files")
     p.add_argument("--out", required=True, help="output .npy, shape [N, dim] (a folder: FOLDER/embeddings.npy)")
@@ -57,8 +75,10 @@ def _register_embed(sub) -> None:
                    help="default: imagebind when a checkpoint is configured, else musicnn")
     p.add_argument("--checkpoint", default=None,
                    help=f"imagebind .pth (or ${imagebind.CHECKPOINT_ENV}) / musicnn folder / vibenet .onnx")
-    p.add_argument("--start", type=float, default=15.0, help="excerpt start, s (DEAM clips: labels start at 15 s)")
-    p.add_argument("--duration", type=float, default=30.0, help="excerpt length, s")
+    p.add_argument("--start", type=float, default=None,
+                   help=f"excerpt start, s; unset: {EXCERPT[0]:g} (DEAM labels start there), imagebind: the file start")
+    p.add_argument("--duration", type=float, default=None,
+                   help=f"excerpt length, s; unset: {EXCERPT[1]:g}, imagebind: to the end (Meta embeds whole files)")
     p.add_argument("--whole", action="store_true", help="embed whole files (ignores --start/--duration)")
     p.add_argument("--cache", default="data/cache", help="feature cache directory")
     p.add_argument("--no-cache", action="store_true", help="compute without reading or writing the cache")
@@ -79,7 +99,7 @@ def _cli_embed(args) -> int:
     name = args.encoder or default_encoder_name(args.checkpoint)
     encoder = get_encoder(name, args.checkpoint, args.device)
     cache = None if args.no_cache else FeatureCache(args.cache)
-    start, duration = (None, None) if args.whole else (args.start, args.duration)
+    start, duration = embed_excerpt(name, args.start, args.duration, args.whole)
     vectors = [embed_song(encoder, p, cache, start, duration)
                for p in tqdm(args.audio, desc=f"embed ({name})", unit="file")]
     out = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, encoder.dim), np.float32)

@@ -13,10 +13,14 @@ Encoders (``get_encoder(name)``):
   weights: opt-in (``pip install --no-deps vibenet==0.1.0``).
 - ``none``: no global feature (dim 0); the model then runs on its local features alone.
 
-Excerpt rule (the same for training and ``dsaml embed``): a song is embedded over its labelled span,
-``[t_0, t_last + 0.5)`` of its mean curve (``song_excerpt``) -- 15-45 s for a DEAM 45 s clip, the annotated
-part for a full song or a PMEmo chorus. ``dsaml embed`` uses 15 s + 30 s by default (a DEAM clip's span),
-``--start/--duration`` to change it, ``--whole`` for the whole file.
+Excerpt rule: training embeds a song over its labelled span, ``[t_0, t_last + 0.5)`` of its mean curve
+(``song_excerpt``) -- 15-45 s for a DEAM 45 s clip, the annotated part for a full song or a PMEmo chorus.
+``dsaml embed`` embeds 15 s + 30 s by default (a DEAM clip's span), except for imagebind, whose default is
+the whole file (as Meta's ``load_and_transform_audio_data`` does); ``--start/--duration`` choose an
+excerpt, ``--whole`` the whole file.
+
+Each encoder reads a file with its own ``load``: imagebind as Meta's code does (channel 0, torchaudio's
+windowed-sinc resampler: ``features.audio.load_audio_imagebind``), the others as a soxr-resampled mono mix.
 """
 
 from __future__ import annotations
@@ -40,9 +44,9 @@ from dsaml_utils.encoders.taggers import (
     vibenet_mel,
 )
 from dsaml_utils.errors import DataError, UserError
-from dsaml_utils.features.audio import load_audio
+from dsaml_utils.features.audio import load_audio, load_audio_imagebind
 from dsaml_utils.features.cache import FeatureCache
-from dsaml_utils.features.kaldi import imagebind_clips
+from dsaml_utils.features.kaldi import CLIP_SPACINGS, imagebind_clips
 from dsaml_utils.io.provenance import audio_digest
 
 ENCODERS = ("imagebind", "musicnn", "vibenet", "none")
@@ -57,7 +61,8 @@ NORMALIZED_ENCODERS = ("imagebind",)
 
 
 EMBED_VERSION = 1
-"""Bumped whenever an encoder changes what it computes, so old cache entries stop matching."""
+"""Bumped whenever the encoders change what they compute, so old cache entries stop matching (an encoder
+class can bump its own ``version`` instead, as ImageBindEncoder does)."""
 
 
 MUSICNN_ENV = "DSAML_MUSICNN_CHECKPOINT"
@@ -100,6 +105,11 @@ class GlobalEncoder:
     dim: int = 0
     sample_rate: int = 16000
     identity: str = ""  # fingerprint of the weights, part of every cache key
+    version: int = EMBED_VERSION  # what the encoder computes (bumped when that changes), part of every cache key
+
+    def load(self, path: str | Path) -> tuple[np.ndarray, int]:
+        """The waveform this encoder embeds from an audio file: a soxr-resampled mono mix at self.sample_rate."""
+        return load_audio(path, self.sample_rate)
 
     def embed(self, wave: np.ndarray) -> np.ndarray:
         """[dim] float32 embedding of a mono waveform at self.sample_rate."""
@@ -114,18 +124,33 @@ class NoEncoder(GlobalEncoder):
 
 
 class ImageBindEncoder(GlobalEncoder):
-    """ImageBind-huge audio: 3 clips of 2 s at 16 kHz -> mean of scaled unit-norm 1024-d embeddings."""
+    """ImageBind-huge audio: channel 0 at 16 kHz, 3 clips of 2 s -> mean of scaled unit-norm 1024-d embeddings.
+
+    Preprocessing is Meta's ``load_and_transform_audio_data``: channel 0, torchaudio's windowed-sinc
+    resampler, clips at the start, middle and end (``clip_spacing="pinned"``; "pytorchvideo-0.1.5" gives the
+    older spacing the DSAML authors' requirements pin, see features.kaldi.CLIP_SPACINGS).
+    """
 
     name = "imagebind"
+    version = 2  # 2: Meta's waveform path (channel 0, sinc resampler, pinned clip spacing); 1 was mono + soxr
+    clip_spacing = "pinned"
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", clip_spacing: str = "pinned") -> None:
+        if clip_spacing not in CLIP_SPACINGS:
+            raise UserError(f"unknown clip_spacing {clip_spacing!r}; choose one of {', '.join(CLIP_SPACINGS)}")
         self.model = imagebind.load_imagebind_audio(checkpoint).to(device)
-        self.device = device
+        self.device, self.clip_spacing = device, clip_spacing
         self.dim = self.model.cfg.out_dim
-        self.identity = file_identity(checkpoint)
+        self.identity = file_identity(checkpoint) + ("" if clip_spacing == "pinned" else f":{clip_spacing}")
+
+    def load(self, path: str | Path) -> tuple[np.ndarray, int]:
+        """Channel 0 of the file, resampled to 16 kHz as torchaudio.functional.resample does (Meta's reading)."""
+        return load_audio_imagebind(path, self.sample_rate)
 
     def embed(self, wave: np.ndarray) -> np.ndarray:
-        clips = imagebind_clips(wave, target_frames=self.model.cfg.target_frames, num_mel_bins=self.model.cfg.n_mels)
+        cfg = self.model.cfg
+        clips = imagebind_clips(wave, target_frames=cfg.target_frames, num_mel_bins=cfg.n_mels,
+                                clip_spacing=self.clip_spacing)
         with torch.inference_mode():
             return self.model(clips[None].to(self.device))[0].float().cpu().numpy()
 
@@ -211,15 +236,19 @@ def default_encoder_name(checkpoint: str | Path | None = None) -> str:
     return "imagebind" if imagebind.find_checkpoint(checkpoint) is not None else "musicnn"
 
 
-def get_encoder(name: str, checkpoint: str | Path | None = None, device: str = "cpu") -> GlobalEncoder:
-    """The encoder called `name`; `checkpoint`: ImageBind's .pth, musicnn's folder or vibenet's .onnx (found when omitted)."""
+def get_encoder(name: str, checkpoint: str | Path | None = None, device: str = "cpu",
+                clip_spacing: str = "pinned") -> GlobalEncoder:
+    """The encoder called `name`; `checkpoint`: ImageBind's .pth, musicnn's folder or vibenet's .onnx.
+
+    The checkpoint is found when omitted; `clip_spacing` (imagebind only): features.kaldi.CLIP_SPACINGS.
+    """
     if name == "none":
         return NoEncoder()
     if name == "imagebind":
         path = imagebind.find_checkpoint(checkpoint)
         if path is None:
             raise UserError(f"no ImageBind checkpoint configured. {imagebind.how_to_get_checkpoint()}")
-        return ImageBindEncoder(path, device)
+        return ImageBindEncoder(path, device, clip_spacing)
     if name == "musicnn":
         return MusicnnEncoder(checkpoint, device)
     if name == "vibenet":
@@ -244,7 +273,7 @@ def embed_song(encoder: GlobalEncoder, audio_path: str | Path, cache: FeatureCac
     audio_path = Path(audio_path)
 
     def compute() -> np.ndarray:
-        wave, sr = load_audio(audio_path, encoder.sample_rate)
+        wave, sr = encoder.load(audio_path)
         a = int(round((start or 0.0) * sr))
         if a >= len(wave):
             raise DataError(f"{audio_path}: excerpt starts at {start} s but the audio lasts {len(wave) / sr:.2f} s")
@@ -254,7 +283,7 @@ def embed_song(encoder: GlobalEncoder, audio_path: str | Path, cache: FeatureCac
     if cache is None:
         return compute()
     key = {"audio": audio_digest(audio_path), "encoder": encoder.name, "weights": encoder.identity,
-           "sample_rate": encoder.sample_rate, "start": start, "duration": duration, "version": EMBED_VERSION}
+           "sample_rate": encoder.sample_rate, "start": start, "duration": duration, "version": encoder.version}
     return cache.get_or_compute("global", key, compute)
 
 

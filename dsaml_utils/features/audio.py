@@ -1,6 +1,8 @@
 """Audio files to float32 mono waveforms, and waveforms to the 0.5 s slices that labels describe.
 
-Decoding is libsndfile (via soundfile: WAV, FLAC, OGG and MP3), resampling is soxr. The time convention
+Decoding is libsndfile (via soundfile: WAV, FLAC, OGG and MP3). ``load_audio`` mixes channels to mono and
+resamples with soxr; ``load_audio_imagebind`` reads a file as ImageBind does (channel 0, torchaudio's
+windowed-sinc resampler, ``features.resample``). The time convention
 (label i covers ``[times[i], times[i] + 0.5)``) is written down once, in ``dsaml_utils.data``'s
 docstring; ``slice_audio`` is the function that implements it.
 """
@@ -14,10 +16,11 @@ import soundfile as sf
 import soxr
 
 from dsaml_utils.errors import DataError
+from dsaml_utils.features.resample import sinc_resample
 
 
-def load_audio(path: str | Path, sr: int | None = None) -> tuple[np.ndarray, int]:
-    """Decode an audio file to a float32 mono waveform in [-1, 1], resampled to `sr` when given."""
+def _decode(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode an audio file to float32 samples [n, channels] in [-1, 1] and its sample rate."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: audio file not found")
@@ -31,6 +34,12 @@ def load_audio(path: str | Path, sr: int | None = None) -> tuple[np.ndarray, int
         raise DataError(f"{path}: cannot decode audio (corrupt or unsupported format){detail}") from exc
     if wave.shape[0] == 0:
         raise DataError(f"{path}: audio file holds no samples")
+    return wave, int(native_sr)
+
+
+def load_audio(path: str | Path, sr: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode an audio file to a float32 mono waveform in [-1, 1], resampled to `sr` when given."""
+    wave, native_sr = _decode(path)
     wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]  # mix channels to mono
     if not np.isfinite(wave).all():
         raise DataError(f"{path}: decoded audio contains NaN or infinite samples")
@@ -38,6 +47,24 @@ def load_audio(path: str | Path, sr: int | None = None) -> tuple[np.ndarray, int
         wave = soxr.resample(wave, native_sr, sr, quality="HQ")
         native_sr = sr
     return np.ascontiguousarray(wave, dtype=np.float32), int(native_sr)
+
+
+def load_audio_imagebind(path: str | Path, sr: int = 16000) -> tuple[np.ndarray, int]:
+    """Decode an audio file as ImageBind reads it: channel 0 (not a mix), resampled to `sr` by windowed sinc.
+
+    Meta's data.load_and_transform_audio_data (facebookresearch/ImageBind imagebind/data.py) reads the file
+    with torchaudio.load, resamples every channel with torchaudio.functional.resample (default method) when
+    the rate differs, and its Kaldi fbank (torchaudio.compliance.kaldi, channel=-1 -> max(channel, 0)) then
+    reads channel 0 only; resampling is per channel, so resampling channel 0 alone gives the same samples.
+    Decoding here is libsndfile (same PCM scaling as torchaudio.load for WAV/FLAC; MP3 decoders may differ).
+    """
+    wave, native_sr = _decode(path)
+    if not np.isfinite(wave).all():
+        raise DataError(f"{path}: decoded audio contains NaN or infinite samples")
+    first = np.ascontiguousarray(wave[:, 0])
+    if sr != native_sr:
+        first = sinc_resample(first, native_sr, sr)
+    return np.ascontiguousarray(first, dtype=np.float32), int(sr)
 
 
 def slice_audio(wave: np.ndarray, sr: int, times, hop: float = 0.5) -> np.ndarray:

@@ -87,35 +87,54 @@ def kaldi_fbank(wave16k, num_mel_bins: int = 128, frame_length_ms: float = 25.0,
     return (power @ banks.T).clamp_min(_EPS).log()
 
 
-def constant_clip_bounds(n_samples: int, sr: int, clip_seconds: float = 2.0,
-                         n_clips: int = 3) -> list[tuple[int, int]]:
-    """Sample ranges of `n_clips` clips spread as pytorchvideo's ConstantClipsPerVideoSampler does.
+CLIP_SPACINGS = ("pinned", "pytorchvideo-0.1.5")
+"""Where ImageBind's clips go: "pinned" = the pytorchvideo commit ImageBind pins, start k * (d - clip) / (n - 1)
+(first at 0, last ending at d); "pytorchvideo-0.1.5" = the PyPI release the DSAML authors pin, k * (d - clip) / n."""
 
-    Clip k starts at k * max(duration - clip_seconds, 0) / n_clips seconds (exact fractions, then
-    int(seconds * sr) as ImageBind slices); ranges past the end are cut to the waveform.
+
+def constant_clip_bounds(n_samples: int, sr: int, clip_seconds: float = 2.0, n_clips: int = 3,
+                         clip_spacing: str = "pinned") -> list[tuple[int, int]]:
+    """Sample ranges [a, b) of the `n_clips` clips that ImageBind cuts from a waveform of n_samples at sr.
+
+    Rule of pytorchvideo's ConstantClipsPerVideoSampler as ImageBind's load_and_transform_audio_data calls it
+    (facebookresearch/ImageBind imagebind/data.py; pytorchvideo/data/clip_sampling.py at the pinned commits
+    28fe037 and 6cdc929): the duration is the float n_samples / sr; the last possible start
+    Fraction(max(duration - clip, 0)) is split into n_clips - 1 steps ("pinned"; max(n_clips - 1, 1)) or
+    n_clips steps ("pytorchvideo-0.1.5"); clip k covers [k * step, k * step + clip) s, and ImageBind slices
+    samples int(start * sr) to int(end * sr) (truncation), cut to the waveform. A wave shorter than a clip
+    gives the whole wave n_clips times.
     """
-    duration = Fraction(n_samples, sr)
+    if clip_spacing not in CLIP_SPACINGS:
+        raise ValueError(f"unknown clip_spacing {clip_spacing!r}; choose one of {', '.join(CLIP_SPACINGS)}")
     clip = Fraction(clip_seconds)
-    step = max(duration - clip, Fraction(0)) / n_clips
+    duration = n_samples / sr  # a float, as ImageBind passes waveform.size(1) / sample_rate
+    last_start = Fraction(max(duration - float(clip), 0))  # float subtraction, then exact (sampler's rule)
+    steps = max(n_clips - 1, 1) if clip_spacing == "pinned" else n_clips
     bounds = []
     for k in range(n_clips):
-        start = step * k
+        start = last_start / steps * k
         bounds.append((int(start * sr), min(int((start + clip) * sr), n_samples)))
     return bounds
 
 
 def imagebind_clips(wave16k, clip_seconds: float = 2.0, n_clips: int = 3, target_frames: int = 204,
-                    mean: float = -4.268, std: float = 9.138, num_mel_bins: int = 128) -> torch.Tensor:
+                    mean: float = -4.268, std: float = 9.138, num_mel_bins: int = 128,
+                    clip_spacing: str = "pinned") -> torch.Tensor:
     """ImageBind's audio input: [n_clips, 1, num_mel_bins, target_frames] normalised fbanks of a 16 kHz wave.
 
-    Per clip: subtract the clip's mean, kaldi_fbank, transpose to [mel, time], zero-pad or cut to
-    target_frames (padding is 0 before normalisation, as ImageBind does), then (x - mean) / std.
-    One deviation: a clip shorter than one 25 ms frame is zero-padded to a frame, where torchaudio fails.
+    Per clip (constant_clip_bounds, `clip_spacing` as there): subtract the clip's mean, kaldi_fbank,
+    transpose to [mel, time], zero-pad or cut to target_frames (padding is 0 before normalisation, as
+    ImageBind does), then (x - mean) / std. The wave is the one channel ImageBind's fbank reads (channel 0;
+    see features.audio.load_audio_imagebind).
+    Deviations: a clip shorter than one 25 ms frame is zero-padded to a frame, where torchaudio fails; and
+    each clip's own mean is subtracted. ImageBind subtracts it in place, over all channels, from a view of the
+    whole waveform, so where clips overlap (pinned: a file under n_clips * clip_seconds) a later clip has a step
+    of the earlier clip's mean; without overlap a constant offset cancels in the fbank's per-frame DC removal.
     """
     x = torch.as_tensor(wave16k, dtype=torch.float32).reshape(-1)
     frame = int(16000 * 25.0 * 0.001)
     out = []
-    for a, b in constant_clip_bounds(len(x), 16000, clip_seconds, n_clips):
+    for a, b in constant_clip_bounds(len(x), 16000, clip_seconds, n_clips, clip_spacing):
         clip = x[a:b]
         clip = clip - clip.mean() if len(clip) else clip
         if len(clip) < frame:
