@@ -32,6 +32,7 @@ from dsaml_utils.data.synthetic.latent import label_times
 from dsaml_utils.data.synthetic.writer import generate, plan, render_song
 from dsaml_utils.data.types import Curve, TaskFilter, is_flat
 from dsaml_utils.errors import DataError, UserError
+from dsaml_utils.features.frame_files import synthesize
 
 AVG = AVG_DYNAMIC_DIR
 RATERS = RATER_DYNAMIC_DIR
@@ -73,7 +74,7 @@ def lines(path: Path) -> list[str]:
 
 def test_same_seed_same_bytes_whatever_the_thread_count(tiny, tmp_path):
     root, _ = tiny
-    generate(tmp_path / "again", SynthConfig(**TINY, workers=1))
+    synthesize(tmp_path / "again", SynthConfig(**TINY, workers=1))  # what `dsaml synth` runs, features included
     a, b = hashes(root), hashes(tmp_path / "again")
     assert a.keys() == b.keys()
     assert sum(k.endswith(".mp3") for k in a) == 10
@@ -123,7 +124,7 @@ def test_layout_headers_and_worker_ids(tiny):
             means = [float(x) for x in row.split(",")[1::2]]
             assert all(1 <= m <= 9 for m in means), row
     # The truth sits beside the DEAM folders, never inside them.
-    assert {p.name for p in root.iterdir()} == {"DEAM_audio", "DEAM_Annotations", "synthetic_truth"}
+    assert {p.name for p in root.iterdir()} == {"DEAM_audio", "DEAM_Annotations", "features", "synthetic_truth"}
     assert not [p for p in (root / "DEAM_Annotations").rglob("*") if "truth" in p.name]
 
 

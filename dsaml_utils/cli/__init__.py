@@ -18,11 +18,11 @@ import tempfile
 import time
 import traceback
 
-from dsaml_utils.cli import bench, data, evaluate, models, synth, train, workbook
+from dsaml_utils.cli import bench, data, evaluate, features, models, synth, train, workbook
 from dsaml_utils.errors import UserError
 
-COMMAND_GROUPS = (synth, data, workbook, models, train, evaluate, bench)
-"""synth; inspect; workbook; model-summary, embed, export-imagebind-audio; train, experiment; evaluate,
+COMMAND_GROUPS = (synth, features, data, workbook, models, train, evaluate, bench)
+"""synth; features; inspect; workbook; model-summary, embed, export-imagebind-audio; train, experiment; evaluate,
 personalize; bench."""
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from dsaml_utils.data.synthetic import (
     TRUTH_DIR,
     SynthConfig,
-    generate,
     listener_divergence,
 )
+from dsaml_utils.features.frame_files import synthesize
 
 
 def register(subparsers) -> None:
@@ -48,6 +48,8 @@ def register(subparsers) -> None:
                    help="do not reproduce public DEAM's swapped static valence/arousal for ids <= 1000")
     p.add_argument("--workers", type=int, default=d.workers, help=f"threads (default {d.workers})")
     p.add_argument("--force", action="store_true", help="replace a dataset already in --out")
+    p.add_argument("--no-features", action="store_true",
+                   help="do not write openSMILE frame features (features/<id>.csv; `dsaml features` can later)")
     p.add_argument("--divergence", action="store_true", help="also report how much listeners differ")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
@@ -62,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
         sample_rate=args.sample_rate, clip_seconds=args.clip_seconds, full_seconds=tuple(args.full_seconds),
         swap_static_le_1000=not args.no_static_swap, workers=args.workers,
     )
-    summary = generate(args.out, cfg, overwrite=args.force)
+    summary, feature_seconds = synthesize(args.out, cfg, overwrite=args.force, features=not args.no_features)
     report = summary.to_json()
+    report["feature_seconds"] = None if args.no_features else feature_seconds
     if args.divergence:
         div = listener_divergence(args.out)
         div.pop("per_listener")
@@ -77,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
           f"lazy listeners; {summary.listener_curves} identified listener curves")
     print(f"each training listener rated >= {summary.min_clips_per_train_listener} clips; each test "
           f"listener >= {summary.min_full_songs_per_test_listener} full songs; truth in {TRUTH_DIR}/")
+    if args.no_features:
+        print("no frame features written (--no-features); `dsaml features --dataset synthetic` writes them")
+    else:
+        print(f"frame features: features/<id>.csv for all {summary.songs_with_audio} songs "
+              f"({feature_seconds:.1f} s of openSMILE, summed over threads)")
     if args.divergence:
         for k, v in report["divergence"].items():
             print(f"  {k}: {v}")

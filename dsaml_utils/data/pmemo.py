@@ -27,7 +27,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from dsaml_utils.data.files import (
     attach_audio,
@@ -36,6 +35,7 @@ from dsaml_utils.data.files import (
     read_csv_grid,
     with_problems,
 )
+from dsaml_utils.data.frames import PMEMO_FEATURE_FILE, read_frame_table, song_rows
 from dsaml_utils.data.types import (
     HOP_SECONDS,
     MEAN,
@@ -215,64 +215,22 @@ def load_pmemo(root: str | Path, *, min_seconds: float = MIN_SECONDS,
     )
 
 
-def _numeric_table(path: Path, delimiter: str) -> tuple[list[str], np.ndarray] | None:
-    """Header and float matrix via pandas' fast parser; None when any cell is empty or not a number."""
-    try:
-        df = pd.read_csv(path, sep=delimiter, skipinitialspace=True, encoding="utf-8-sig")
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
-        return None
-    if len(df) == 0 or not all(pd.api.types.is_numeric_dtype(t) for t in df.dtypes):
-        return None
-    data = df.to_numpy(np.float64)
-    if np.isnan(data).any():
-        return None
-    return [str(c).strip() for c in df.columns], data
-
-
 def load_pmemo_frame_features(
     root: str | Path, *, song_id: str | None = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
-    """Song id -> (times [T], features [T, K] float32, feature names) from an openSMILE-style CSV.
+    """Song id -> (times [T], features [T, K] float32, feature names) from an openSMILE-style CSV, as written.
 
     root: a PMEmo root (reads features/dynamic_features.csv) or any CSV file with a frameTime column,
     comma- or semicolon-separated (DEAM's per-song feature files use ';'). Rows are grouped by a
     musicId (or song_id) column; a file without one is a single song named `song_id` (default: the
-    file's stem).
+    file's stem). Any empty or NaN cell raises DataError naming its line and column; ``data.frames``
+    reads the same files leniently and aligns them with a dataset's label times.
     """
     root = Path(root)
-    path = root if root.is_file() else root / "features" / "dynamic_features.csv"
-    if not path.is_file():
-        raise DataError(f"{path}: frame feature file not found")
-    with open(path, encoding="utf-8-sig") as f:
-        first = f.readline()
-    delimiter = ";" if first.count(";") > first.count(",") else ","
-    table = _numeric_table(path, delimiter)
-    if table is None:  # something is off: the strict reader finds it and names the line
-        header, rows = read_csv_grid(path, delimiter=delimiter)
-        if not rows:
-            raise DataError(f"{path}: no data rows")
-        data = np.stack([parse_floats(c, path, line, header) for line, c in rows])
-        if np.isnan(data).any():
-            r, c = np.argwhere(np.isnan(data))[0]
-            raise DataError(f"{path}: line {rows[r][0]}, column {header[c]!r}: empty cell")
-    else:
-        header, data = table
-    lower = [h.lower() for h in header]
-    if "frametime" not in lower:
-        raise DataError(f"{path}: no column 'frameTime'")
-    t_col = lower.index("frametime")
-    id_col = next((lower.index(n) for n in ("musicid", "song_id") if n in lower), None)
-    feat_cols = [i for i in range(len(header)) if i not in (t_col, id_col)]
-    names = [header[i] for i in feat_cols]
-    if not names:
-        raise DataError(f"{path}: no feature columns")
-    if id_col is None:
-        keys = [song_id or path.stem] * len(data)
-    else:
-        if not np.all(data[:, id_col] == np.round(data[:, id_col])):
-            raise DataError(f"{path}: column {header[id_col]!r} holds non-integer ids")
-        keys = [str(int(x)) for x in data[:, id_col]]
-    out = {}
-    for sid, block in _group(keys, data[:, [t_col] + feat_cols]).items():
-        out[sid] = (block[:, 0].copy(), block[:, 1:].astype(np.float32), list(names))
-    return out
+    table = read_frame_table(root if root.is_file() else root / PMEMO_FEATURE_FILE)
+    bad = np.argwhere(np.isnan(table.values))
+    if len(bad):
+        r, c = bad[0]
+        raise DataError(f"{table.path}: line {table.lines[r]}, column {table.names[c]!r}: empty cell")
+    return {sid: (table.times[rows].copy(), table.values[rows].astype(np.float32), list(table.names))
+            for sid, rows in song_rows(table, song_id).items()}

@@ -11,6 +11,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -49,6 +50,11 @@ from dsaml_utils.data.synthetic.music import synthesize, wavetables
 from dsaml_utils.data.types import HOP_SECONDS
 from dsaml_utils.errors import UserError
 from dsaml_utils.io.atomic import atomic_write_bytes, atomic_write_text
+
+
+FEATURES_DIR = Path("features")  # DEAM's frame feature files, features/<song_id>.csv
+SongHook = Callable[[int, Path], None]
+"""Called with (song id, path of its MP3) right after the MP3 is written."""
 
 
 def _col(t: float) -> str:
@@ -125,10 +131,12 @@ def render_song(song_id: int, duration: float, cfg: SynthConfig | None = None,
 
 
 def _make_song(cfg: SynthConfig, sid: int, duration: float, raters: list[int], listeners: list[Listener],
-               tables: np.ndarray, audio_dir: Path) -> _SongResult:
-    """Render and encode one song, and simulate its raters."""
+               tables: np.ndarray, audio_dir: Path, song_hook: SongHook | None = None) -> _SongResult:
+    """Render and encode one song (then call song_hook on its MP3), and simulate its raters."""
     song = render_song(sid, duration, cfg, tables)
     sf.write(str(audio_dir / f"{sid}.mp3"), song.audio, cfg.sample_rate, format="MP3")
+    if song_hook is not None:
+        song_hook(sid, audio_dir / f"{sid}.mp3")
     curves, static = [], []
     for li in raters:
         lrng = stream(cfg, 3, sid, li)
@@ -269,16 +277,22 @@ def plan(cfg: SynthConfig | None = None) -> SynthPlan:
     return SynthPlan(listeners, raters, durations, anonymous)
 
 
-def generate(out: str | Path, cfg: SynthConfig | None = None, overwrite: bool = False) -> SynthSummary:
-    """Write a complete synthetic dataset in DEAM's layout under `out` and return what was written."""
+def generate(out: str | Path, cfg: SynthConfig | None = None, overwrite: bool = False,
+             song_hook: SongHook | None = None) -> SynthSummary:
+    """Write a complete synthetic dataset in DEAM's layout under `out` and return what was written.
+
+    song_hook(song_id, mp3_path) runs in the rendering thread right after each song's MP3 is written (e.g.
+    `features.frame_files.synthesize` writes the song's frame features to features/<id>.csv with it); its
+    time counts in summary.seconds. A features/ folder belongs to the dataset: --force removes it too.
+    """
     cfg = cfg or SynthConfig()
     _check(cfg)
     t0 = time.perf_counter()
     out = Path(out)
-    owned = [out / AUDIO_DIR.parts[0], out / ANN_DIR.parts[0], out / TRUTH_DIR]
+    owned = [out / AUDIO_DIR.parts[0], out / ANN_DIR.parts[0], out / TRUTH_DIR, out / FEATURES_DIR]
     if any(p.exists() for p in owned):
         if not overwrite:
-            raise UserError(f"{out}: already holds a dataset (DEAM_audio, DEAM_Annotations or "
+            raise UserError(f"{out}: already holds a dataset (DEAM_audio, DEAM_Annotations, features or "
                             "synthetic_truth); pass overwrite=True (CLI --force) to replace it")
         for p in owned:
             shutil.rmtree(p, ignore_errors=True)
@@ -293,7 +307,9 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, overwrite: bool = 
 
     tables = wavetables(cfg.sample_rate)
     ids = clip_ids + full_ids
-    make = lambda s: _make_song(cfg, s, durations[s], raters[s], listeners, tables, audio_dir)  # noqa: E731
+    def make(s: int) -> _SongResult:
+        return _make_song(cfg, s, durations[s], raters[s], listeners, tables, audio_dir, song_hook)
+
     with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
         results = list(tqdm(pool.map(make, ids), total=len(ids), desc="dsaml synth", unit="song"))
     _write_dataset(out, cfg, results, listeners, anonymous)
