@@ -9,10 +9,12 @@ from dsaml_utils.evaluation.report import format_metrics
 from dsaml_utils.evaluation.results import combine_runs, jsonable
 from dsaml_utils.evaluation.run import evaluate_run
 from dsaml_utils.experiments.personalize import personalize_files
+from dsaml_utils.training.protocol import PROTOCOLS
 
 
 def _cli_evaluate(args: argparse.Namespace) -> int:
-    results = [evaluate_run(r, progress=not (args.quiet or args.json), reuse=args.reuse) for r in args.run]
+    results = [evaluate_run(r, progress=not (args.quiet or args.json), reuse=args.reuse, protocol=args.protocol)
+               for r in args.run]
     if args.json:
         if len(results) == 1:  # metrics.json without the config
             payload = {k: v for k, v in results[0].to_dict().items() if k != "config"}
@@ -42,6 +44,9 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--k", type=int, default=1, help="k-shot shown in the table (default 1)")
     p.add_argument("--reuse", action="store_true", help="reuse an up-to-date metrics.json instead of recomputing")
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help="score under this protocol (default: each run's own, into metrics.json); the other one "
+                        "writes metrics-<protocol>.json")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cli_evaluate)
 

@@ -16,6 +16,7 @@ from dsaml_utils.experiments.tables import format_table
 from dsaml_utils.meta import distributed as meta_dist
 from dsaml_utils.plots.base import markdown_table
 from dsaml_utils.training.config import PRESETS, RunConfig, apply_overrides, preset
+from dsaml_utils.training.protocol import PROTOCOLS
 from dsaml_utils.training.trainer import train
 
 OPTION_FIELDS = {"root": "root", "model": "model", "encoder": "encoder", "encoder_checkpoint": "encoder_checkpoint",
@@ -25,8 +26,12 @@ OPTION_FIELDS = {"root": "root", "model": "model", "encoder": "encoder", "encode
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig that `dsaml train` options describe (preset, then options, then --set overrides), checked."""
-    cfg = preset(args.preset)
+    """The RunConfig that `dsaml train` options describe (preset and protocol, then options, then --set
+    overrides), checked."""
+    protocol = getattr(args, "protocol", None)
+    if protocol and any(item.partition("=")[0] == "protocol" for item in args.set or []):
+        raise UserError("protocol is given twice (by --protocol and by --set protocol=...); give it once")
+    cfg = preset(args.preset, **({"protocol": protocol} if protocol else {}))
     if args.dataset and not args.root and args.dataset != "synthetic":
         raise UserError(f"--dataset {args.dataset} needs --root (the dataset folder)")
     given = {field: getattr(args, opt) for opt, field in OPTION_FIELDS.items() if getattr(args, opt, None) is not None}
@@ -67,6 +72,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `dsaml train` and `dsaml experiment`: preset, data, model and overrides."""
     p.add_argument("--preset", choices=PRESETS, default="quick",
                    help="settings preset: smoke (seconds, no results), quick (CPU minutes) or paper (default quick)")
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help="paper (default: the paper's method) or authors (the authors' code's protocol, which "
+                        "selects the model on the test split: leakage, marked in every output; training.protocol)")
     p.add_argument("--dataset", choices=DATASETS, help="dataset (default: the preset's)")
     p.add_argument("--root", help="dataset folder (default: the preset's)")
     p.add_argument("--model", help="model name (models.registry.MODELS; default dsaml)")

@@ -118,22 +118,26 @@ class TaskFilter:
     flat_window: int = 60  # ... over its first this-many values (arousal and valence both flat)
 
 
-def is_flat(curve: Curve, threshold: float, window: int) -> bool:
-    """True when both dimensions barely move over the first `window` labels."""
+def is_flat(curve: Curve, threshold: float, window: int, either: bool = False) -> bool:
+    """True when both dimensions (`either`: one of them) barely move over the first `window` labels."""
     def dev(x: np.ndarray) -> float:
         x = x[:window]
         return float(np.mean(np.abs(x - x.mean()))) if len(x) else 0.0
 
-    return dev(curve.arousal) < threshold and dev(curve.valence) < threshold
+    flat = (dev(curve.arousal) < threshold, dev(curve.valence) < threshold)
+    # either: the authors drop each dimension's flat curve apart and keep a pair only with both
+    # (Littleor/Personalized-DMER utils/DEAM/dataset.py, loading_personalized_data and load_data)
+    return any(flat) if either else all(flat)
 
 
 def personalized_tasks(
-    ds: MusicDataset, song_ids: list[str], filt: TaskFilter | None = None
+    ds: MusicDataset, song_ids: list[str], filt: TaskFilter | None = None, flat_either: bool = False
 ) -> dict[str, list[str]]:
     """Listener -> the songs (among song_ids) they annotated, after the authors' filters.
 
     This is the paper's personalized task construction: one task per annotator. Near-flat curves are
-    dropped first, then listeners left with fewer than `filt.min_songs` songs.
+    dropped first (`flat_either`: flat in one dimension is enough), then listeners left with fewer than
+    `filt.min_songs` songs.
     """
     filt = filt or TaskFilter()
     tasks: dict[str, list[str]] = {}
@@ -141,7 +145,7 @@ def personalized_tasks(
         for lst, curve in ds.songs[sid].curves.items():
             if lst == MEAN:
                 continue
-            if filt.flat_threshold > 0 and is_flat(curve, filt.flat_threshold, filt.flat_window):
+            if filt.flat_threshold > 0 and is_flat(curve, filt.flat_threshold, filt.flat_window, flat_either):
                 continue
             tasks.setdefault(lst, []).append(sid)
     return {k: v for k, v in sorted(tasks.items()) if len(v) >= filt.min_songs}

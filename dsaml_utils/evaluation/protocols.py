@@ -1,6 +1,9 @@
 """The DMER and PDMER evaluation protocols of a trained model, returned as evaluation.results records.
 
-.
+Under protocol "authors" (`training.protocol`; `protocol=` here, else the run's own) the same records are
+scored the authors' way: stride-1 windows stitched, in train mode (points 8, 9), PDMER on every test rater
+with enough non-flat test curves, seen in training or not, plus the mean curve (points 5-7), and the
+same-song rest predicted on its own. Below, the paper protocol.
 
 DMER: every test song, predicted whole by sliding 60-step windows (hop `eval.hop`, overlapping
 predictions averaged), scored against its MEAN curve.
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dsaml_utils.data.types import MEAN, MusicDataset, is_flat
+from dsaml_utils.data.types import MEAN, MusicDataset
 from dsaml_utils.evaluation.results import (
     DMERResult,
     KShot,
@@ -40,10 +43,9 @@ from dsaml_utils.evaluation.results import (
     Scores,
     stats,
 )
-from dsaml_utils.features.songs import Item, SongData, score_listener_song
+from dsaml_utils.features.songs import Item, SongData, scorable_curves, score_listener_song
 from dsaml_utils.meta.listener import adapt_to_listener, support_items
 from dsaml_utils.metrics import aggregate_songs, score_song
-from dsaml_utils.models.inference import predict_song
 from dsaml_utils.seeding import (
     ADAPT_KSHOT,
     ADAPT_SAME_SONG,
@@ -52,17 +54,18 @@ from dsaml_utils.seeding import (
     torch_seed,
 )
 from dsaml_utils.training.config import RunConfig
+from dsaml_utils.training.protocol import predict, rules, song_part, test_listeners
 
 
 def evaluate_dmer(model, store: dict[str, SongData], song_ids: list[str], cfg: RunConfig,
-                  device: str | torch.device = "cpu") -> DMERResult:
+                  device: str | torch.device = "cpu", protocol: str | None = None) -> DMERResult:
     """Per-song scores against the MEAN curve and their aggregate, for the songs in the store."""
     rows = []
     for sid in song_ids:
         if sid not in store:
             continue
         sd = store[sid]
-        pred = predict_song(model, sd, cfg.train.window, cfg.eval.hop, device=device)
+        pred = predict(model, sd, cfg.train.window, cfg.eval.hop, None, device, protocol or cfg.protocol)
         rows.append({"song_id": sid, "steps": len(sd.times), **score_listener_song(pred, sd, MEAN)})
     if not rows:
         return DMERResult(skipped="no test song with audio and labels")
@@ -70,21 +73,17 @@ def evaluate_dmer(model, store: dict[str, SongData], song_ids: list[str], cfg: R
 
 
 def held_out_listeners(ds: MusicDataset, store: dict[str, SongData], train_ids: list[str],
-                       test_ids: list[str], cfg: RunConfig) -> tuple[dict[str, list[str]], list[str]]:
-    """(listener -> their test songs, notes): listeners never seen in training, non-flat curves only."""
+                       test_ids: list[str], cfg: RunConfig,
+                       protocol: str | None = None) -> tuple[dict[str, list[str]], list[str]]:
+    """(listener -> their test songs, notes): listeners never seen in training, non-flat curves only
+    (authors: `training.protocol.test_listeners`)."""
+    protocol = protocol or cfg.protocol
+    if rules(protocol).all_test_raters:
+        note = (f"protocol authors: every test rater with at least {cfg.tasks.min_songs} non-flat test curves "
+                "(seen in training or not) and the mean curve")
+        return test_listeners(ds, store, test_ids, cfg.tasks, protocol), [note]
     seen = {lst for sid in train_ids if sid in ds.songs for lst in ds.songs[sid].listeners}
-    songs: dict[str, list[str]] = {}
-    for sid in test_ids:
-        if sid not in store:
-            continue
-        for lst in ds.songs[sid].listeners:
-            start, stop = store[sid].span(lst)
-            if stop - start < 2:
-                continue
-            if cfg.tasks.flat_threshold > 0 and is_flat(ds.songs[sid].curves[lst], cfg.tasks.flat_threshold,
-                                                        cfg.tasks.flat_window):
-                continue
-            songs.setdefault(lst, []).append(sid)
+    songs = scorable_curves(ds, store, test_ids, cfg.tasks)
     notes = []
     unseen = {k: v for k, v in songs.items() if k not in seen}
     if cfg.eval.unseen_listeners_only:
@@ -98,14 +97,19 @@ def held_out_listeners(ds: MusicDataset, store: dict[str, SongData], train_ids: 
 
 def evaluate_pdmer(model, ds: MusicDataset, store: dict[str, SongData], train_ids: list[str],
                    test_ids: list[str], cfg: RunConfig, device: str | torch.device = "cpu",
-                   progress: bool = True) -> PDMERResult:
+                   progress: bool = True, protocol: str | None = None) -> PDMERResult:
     """k-shot personalization on held-out listeners: adapted and no-adaptation scores per query pair."""
-    listeners, notes = held_out_listeners(ds, store, train_ids, test_ids, cfg)
+    protocol = protocol or cfg.protocol
+    listeners, notes = held_out_listeners(ds, store, train_ids, test_ids, cfg, protocol)
     if not listeners:
         return PDMERResult(notes=notes,
                            skipped="no listener curves on the test songs (the dataset has no rater identities)")
     W, hop, seed = cfg.train.window, cfg.eval.hop, cfg.train.seed
     plain_pred = {}  # song -> prediction without adaptation (the same for every listener)
+
+    def pred(sd: SongData, params: dict | None):
+        return predict(model, sd, W, hop, params, device, protocol)
+
     jobs = [(k, i, lst, d) for k in cfg.eval.kshots for i, lst in enumerate(listeners)
             for d in range(min(cfg.eval.draws, len(listeners[lst]))) if len(listeners[lst]) > k]
     rows: dict[int, dict[str, list]] = {k: {"adapted": [], "no_adaptation": []} for k in cfg.eval.kshots}
@@ -121,10 +125,9 @@ def evaluate_pdmer(model, ds: MusicDataset, store: dict[str, SongData], train_id
         for sid in query:
             sd = store[sid]
             if sid not in plain_pred:
-                plain_pred[sid] = predict_song(model, sd, W, hop, device=device)
+                plain_pred[sid] = pred(sd, None)
             base = {"listener": lst, "song_id": sid, "draw": d, "support": support}
-            rows[k]["adapted"].append({**base, **score_listener_song(
-                predict_song(model, sd, W, hop, params, device), sd, lst)})
+            rows[k]["adapted"].append({**base, **score_listener_song(pred(sd, params), sd, lst)})
             rows[k]["no_adaptation"].append({**base, **score_listener_song(plain_pred[sid], sd, lst)})
     kshot = {}
     for k in cfg.eval.kshots:
@@ -133,15 +136,18 @@ def evaluate_pdmer(model, ds: MusicDataset, store: dict[str, SongData], train_id
             continue
         kshot[k] = KShot(k, listeners=len({r["listener"] for r in rows[k]["adapted"]}), pairs=len(rows[k]["adapted"]),
                          adapted=_scored(rows[k]["adapted"], cfg), no_adaptation=_scored(rows[k]["no_adaptation"], cfg))
-    same = _same_song(model, store, listeners, cfg, plain_pred, device, progress) if cfg.eval.same_song else None
+    same = _same_song(model, store, listeners, cfg, plain_pred, device, progress, protocol) if cfg.eval.same_song \
+        else None
     return PDMERResult(listeners=len(listeners), songs_per_listener={k: len(v) for k, v in listeners.items()},
                        notes=notes, kshot=kshot, same_song=same)
 
 
 def _same_song(model, store: dict[str, SongData], listeners: dict[str, list[str]], cfg: RunConfig,
-               plain_pred: dict, device, progress: bool) -> SameSong:
-    """The authors' full-song protocol: adapt on the first support steps of a song, score the rest of it."""
+               plain_pred: dict, device, progress: bool, protocol: str) -> SameSong:
+    """The authors' full-song protocol: adapt on the first support steps of a song, score the rest of it
+    (protocol authors: the rest predicted on its own, as their validation does)."""
     W, hop, seed = cfg.train.window, cfg.eval.hop, cfg.train.seed
+    alone = rules(protocol).stitched
     n_sup = min(cfg.eval.support_steps or W, W)
     rows = {"adapted": [], "no_adaptation": []}
     jobs = [(i, lst, sid) for i, lst in enumerate(listeners) for sid in listeners[lst]]
@@ -152,13 +158,19 @@ def _same_song(model, store: dict[str, SongData], listeners: dict[str, list[str]
             continue
         params = adapt_to_listener(model, store, [Item(sid, lst, start, n_sup)], cfg.meta, W,
                                    seed=torch_seed(seed, ADAPT_SAME_SONG, i), device=device)
-        if sid not in plain_pred:
-            plain_pred[sid] = predict_song(model, sd, W, hop, device=device)
         rest = slice(start + n_sup, stop)
         base = {"listener": lst, "song_id": sid, "scored_steps": stop - start - n_sup}
         y = sd.labels[lst][rest]
-        rows["adapted"].append({**base, **score_song(predict_song(model, sd, W, hop, params, device)[rest], y)})
-        rows["no_adaptation"].append({**base, **score_song(plain_pred[sid][rest], y)})
+        if alone:
+            part = song_part(sd, start + n_sup, stop)
+            adapted, plain = (predict(model, part, W, hop, p, device, protocol) for p in (params, None))
+        else:
+            if sid not in plain_pred:
+                plain_pred[sid] = predict(model, sd, W, hop, None, device, protocol)
+            adapted = predict(model, sd, W, hop, params, device, protocol)[rest]
+            plain = plain_pred[sid][rest]
+        rows["adapted"].append({**base, **score_song(adapted, y)})
+        rows["no_adaptation"].append({**base, **score_song(plain, y)})
     if not rows["adapted"]:
         return SameSong(skipped=f"no held-out listener curve is longer than {n_sup + 1} steps")
     return SameSong(pairs=len(rows["adapted"]), support_steps=n_sup,

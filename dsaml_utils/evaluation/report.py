@@ -6,6 +6,7 @@ import math
 
 from dsaml_utils.evaluation.results import RunMetrics, combine_runs
 from dsaml_utils.metrics import DIMENSIONS
+from dsaml_utils.training.protocol import LEAKAGE_MARK
 
 HEADLINE_METRICS = ("ccc", "pcc", "rmse")
 """Metrics shown in the printed tables (metrics.json holds all of metrics.METRICS)."""
@@ -28,6 +29,7 @@ def format_metrics(metrics: RunMetrics | list[RunMetrics], k: int = 1) -> str:
                          for c in cols]
                 lines.append(f"{title:34}" + "".join(f"{c:>22}" for c in cells))
         lines.append(f"mean ± std over {len(runs)} run(s): " + ", ".join(m.run for m in runs))
+        lines.append("protocol " + ", ".join(sorted({m.protocol_name for m in runs})))
     else:
         m = runs[0]
         for part, title in rows.items():
@@ -36,10 +38,12 @@ def format_metrics(metrics: RunMetrics | list[RunMetrics], k: int = 1) -> str:
                 cells = [f"{s[c].mean:.3f} [{_fmt(s[c].lo)}, {_fmt(s[c].hi)}]" if c in s else "-" for c in cols]
                 lines.append(f"{title:34}" + "".join(f"{c:>22}" for c in cells))
         lines.append(f"run {m.run} (seed {m.seed}, {m.mode}/{m.strategy}, "
-                     f"{m.model}, preset {m.preset}); 95% intervals over songs / pairs")
+                     f"{m.model}, preset {m.preset}, protocol {m.protocol_name}); 95% intervals over songs / pairs")
         for part, skipped in (("dmer", m.dmer.skipped), ("pdmer", m.pdmer.skipped)):
             if skipped is not None:
                 lines.append(f"{part}: skipped ({skipped})")
+    if any(m.selected_on_test for m in runs):
+        lines.append(f"{LEAKAGE_MARK}: the weights were chosen by their score on these test songs")
     return "\n".join(lines)
 
 

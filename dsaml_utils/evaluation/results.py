@@ -2,7 +2,8 @@
 
 The file's layout (keys) is the one `dsaml evaluate` has always written, so older files still read:
 
-    {"run", "seed", "preset", "mode", "strategy", "model", "config": {...}, "data": {...}, "code_version",
+    {"run", "seed", "preset", "mode", "strategy", "model", "protocol", "selected_on_test",
+     "config": {...}, "data": {...}, "code_version",
      "model_digest", "created", "train": {...},
      "dmer": {"summary": {metric: {"mean", "lo", "hi", "n"}}, "per_song": [...]} | {"skipped"},
      "pdmer": {"listeners", "songs_per_listener", "notes",
@@ -12,6 +13,10 @@ The file's layout (keys) is the one `dsaml evaluate` has always written, so olde
               | {"skipped", "notes"},
      "headline": {part: {metric: mean}}, "eval_wall_seconds"}
 
+"protocol" is the protocol the file was scored under ("paper" / "authors", `training.protocol`) and
+"selected_on_test" whether the weights were chosen by their score on the test split (the authors'
+protocol: test-set leakage); files from before the switch have neither (read as None: paper, not marked)
+and are written back without them.
 "headline" is written for readers outside Python and recomputed from the summaries when read. Numbers that
 are undefined (an interval from one value) are NaN in the records and null in the file (strict JSON).
 """
@@ -166,6 +171,13 @@ class RunMetrics:
     dmer: DMERResult
     pdmer: PDMERResult
     eval_wall_seconds: float
+    protocol: str | None = None  # "paper" or "authors" (None: a file from before the switch, i.e. paper)
+    selected_on_test: bool | None = None  # weights chosen on the test split (authors' protocol: leakage)
+
+    @property
+    def protocol_name(self) -> str:
+        """The protocol the scores were made under ("paper" for files from before the switch)."""
+        return self.protocol or "paper"
 
     def scores(self, part: str, k: int = 1) -> Scores | None:
         """The Scores of one part ("dmer", "pdmer", ..., see PARTS) at k-shot k; None when not scored."""
@@ -200,9 +212,11 @@ class RunMetrics:
 
     def to_dict(self) -> dict:
         """The metrics.json form (strict JSON data: NaN and inf as None), "headline" (k = 1) included."""
+        marks = {k: v for k, v in (("protocol", self.protocol), ("selected_on_test", self.selected_on_test))
+                 if v is not None}
         return _finite({
             "run": self.run, "seed": self.seed, "preset": self.preset, "mode": self.mode,
-            "strategy": self.strategy, "model": self.model, "config": self.config,
+            "strategy": self.strategy, "model": self.model, **marks, "config": self.config,
             "data": {"dataset": self.data.dataset, "root": self.data.root, "fingerprint": self.data.fingerprint,
                      "train_songs": self.data.train_songs, "test_songs": self.data.test_songs,
                      "test_songs_scored": self.data.test_songs_scored},
@@ -388,6 +402,7 @@ def _run_metrics(d) -> RunMetrics:
         created=_get(d, "created", "", str), train=_get(d, "train", "", dict),
         dmer=_dmer(_get(d, "dmer", "", dict), "dmer."), pdmer=_pdmer(_get(d, "pdmer", "", dict), "pdmer."),
         eval_wall_seconds=_num(_get(d, "eval_wall_seconds", ""), "eval_wall_seconds"),
+        protocol=_opt_str(d, "protocol", ""), selected_on_test=_get(d, "selected_on_test", "", (bool, type(None)), default=None),
     )
 
 

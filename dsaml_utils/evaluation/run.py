@@ -1,4 +1,8 @@
-"""Evaluating a trained run folder: DMER and PDMER, written to <run>/metrics.json with provenance."""
+"""Evaluating a trained run folder: DMER and PDMER, written to <run>/metrics.json with provenance.
+
+A run is scored under its own protocol (config.json) into metrics.json, or under the other one
+(`protocol=`, `dsaml evaluate --protocol`) into metrics-<protocol>.json, so neither file replaces the other.
+"""
 
 from __future__ import annotations
 
@@ -25,15 +29,23 @@ from dsaml_utils.io.provenance import code_version, file_digest
 from dsaml_utils.models.inference import resolve_device
 from dsaml_utils.runtime import keep_freed_memory
 from dsaml_utils.training.config import RunConfig
+from dsaml_utils.training.protocol import rules, warn_leakage
 from dsaml_utils.training.runs import load_run_model
 from dsaml_utils.training.store import build_store
 
 
+def metrics_name(cfg: RunConfig, protocol: str | None = None) -> str:
+    """metrics.json for the run's own protocol, metrics-<protocol>.json for the other."""
+    return "metrics.json" if protocol in (None, cfg.protocol) else f"metrics-{protocol}.json"
+
+
 def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: FeatureCache | None = None,
-                 progress: bool = True, write: bool = True, reuse: bool = False) -> RunMetrics:
+                 progress: bool = True, write: bool = True, reuse: bool = False,
+                 protocol: str | None = None) -> RunMetrics:
     """Evaluate a trained run (DMER and PDMER) and write <run>/metrics.json; returns its RunMetrics.
 
-    reuse: return an existing metrics.json when it was made from the current model.pt, config and data
+    protocol: score under this protocol (None: the run's own) into `metrics_name`.
+    reuse: return an existing metrics file when it was made from the current model.pt, config and data
     (one that is damaged or incomplete is recomputed).
     """
     run = Path(run)
@@ -41,9 +53,13 @@ def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: Feat
         raise UserError(f"{run}: no model.pt (training has not finished; rerun `dsaml train` with the same "
                         "options to resume it)")
     cfg = RunConfig.load(run / "config.json")
+    protocol = protocol or cfg.protocol
+    rules(protocol)  # a bad name is refused before anything is computed
+    path = run / metrics_name(cfg, protocol)
     model_digest = file_digest(run / "model.pt")
-    old = _stored(run / "metrics.json") if reuse else None
-    if old is not None and old.model_digest == model_digest and _stored_settings(old) == cfg.settings():
+    old = _stored(path) if reuse else None
+    if (old is not None and old.model_digest == model_digest and _stored_settings(old) == cfg.settings()
+            and old.protocol_name == protocol):
         ds = ds if ds is not None else load_dataset(cfg.dataset, cfg.root)
         if old.data.fingerprint == data_fingerprint(ds):
             return old
@@ -60,14 +76,18 @@ def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: Feat
     version = code_version()
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     train_summary = json_data(_read_json(run / "train_summary.json"))
-    dmer = evaluate_dmer(model, store, list(ds.test_ids), cfg, device)
-    pdmer = evaluate_pdmer(model, ds, store, train_ids, list(ds.test_ids), cfg, device, progress)
+    leaked = bool(train_summary.get("selected_on_test", False))
+    if leaked:
+        warn_leakage()
+    dmer = evaluate_dmer(model, store, list(ds.test_ids), cfg, device, protocol)
+    pdmer = evaluate_pdmer(model, ds, store, train_ids, list(ds.test_ids), cfg, device, progress, protocol)
     metrics = RunMetrics(run=str(run), seed=cfg.train.seed, preset=cfg.preset, mode=cfg.mode, strategy=cfg.strategy,
                          model=cfg.model, config=json_data(cfg.to_dict()), data=data, code_version=version,
                          model_digest=model_digest, created=created, train=train_summary, dmer=dmer, pdmer=pdmer,
-                         eval_wall_seconds=round(time.perf_counter() - t0, 2))
+                         eval_wall_seconds=round(time.perf_counter() - t0, 2), protocol=protocol,
+                         selected_on_test=leaked)
     if write:
-        write_metrics(run / "metrics.json", metrics)
+        write_metrics(path, metrics)
     return metrics
 
 

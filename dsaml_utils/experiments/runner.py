@@ -7,6 +7,9 @@ Use from a notebook::
 
     table, results, paths = run_experiment("table4", preset("quick"), seeds=[0, 1, 2], out="runs/exp")
 
+Under protocol "authors" (`base.protocol`) the runs live in <out>/authors/ and a table is saved as
+<name>-authors, so the two protocols never share a run folder or a table file.
+
 `spec_jobs` says which run folders an experiment needs (and which run each starts from); `run_specs`
 trains them one after another, `experiments.plan.train_plan` several at a time in worker processes.
 Both train and evaluate a run with `train_and_evaluate`, so the folders and their contents are the same.
@@ -61,7 +64,7 @@ def spec_jobs(specs: list[RunSpec], base: RunConfig, seeds: list[int], out: str 
     """Every (spec, seed) run under `out`, in an order that trains a run's `init_from` source first."""
     if not seeds:
         raise UserError("give at least one seed")
-    out = Path(out)
+    out = protocol_dir(out, base)
     names = [s.name for s in specs]
     for spec in specs:
         if spec.init_from is not None and spec.init_from not in names:
@@ -78,6 +81,11 @@ def spec_jobs(specs: list[RunSpec], base: RunConfig, seeds: list[int], out: str 
                 slug += "-from-" + source.slug()
             jobs.append(Job(spec.name, int(seed), cfg, out / slug / f"seed{seed}", after))
     return jobs
+
+
+def protocol_dir(out: str | Path, base: RunConfig) -> Path:
+    """Where an experiment's runs go: `out`, or out/authors under the authors' protocol."""
+    return Path(out) / "authors" if base.protocol == "authors" else Path(out)
 
 
 def train_and_evaluate(job: Job, ds, cache: FeatureCache, progress: bool = True) -> tuple[RunMetrics, bool, float]:
@@ -124,5 +132,7 @@ def run_experiment(name: str, base: RunConfig, seeds: list[int], out: str | Path
             extra = results_table(results, "pdmer_no_adaptation", metrics=("ccc",))
             df = df.join(extra[[f"{d}_ccc{s}" for d in DIMENSIONS for s in ("", "_std")]].add_suffix("_no_adaptation"))
     prov = provenance(results, base, seeds)
-    paths = save_experiment(df, name, exp["title"], tables_dir or Path(out) / "tables", prov)
+    tag = "" if base.protocol == "paper" else f"-{base.protocol}"
+    title = exp["title"] + (f" (protocol {base.protocol})" if tag else "")
+    paths = save_experiment(df, name + tag, title, tables_dir or protocol_dir(out, base) / "tables", prov)
     return df, results, paths

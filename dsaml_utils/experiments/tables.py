@@ -14,6 +14,7 @@ from dsaml_utils.io.atomic import atomic_write_text
 from dsaml_utils.metrics import DIMENSIONS
 from dsaml_utils.plots.base import markdown_table, provenance_text
 from dsaml_utils.training.config import RunConfig
+from dsaml_utils.training.protocol import LEAKAGE_MARK
 
 METRIC_NAMES = {"ccc": "CCC", "pcc": "PCC", "rmse": "RMSE", "kendall_tau": "tau", "r2": "R2"}
 
@@ -112,12 +113,16 @@ def _pretty(col: str) -> str:
 
 
 def provenance(results: dict[str, list[RunMetrics]], base: RunConfig, seeds: list[int]) -> dict[str, str]:
-    """Where a table's numbers come from: data (and its fingerprint), preset, seeds, code version."""
-    first = next((m for runs in results.values() for m in runs), None)
+    """Where a table's numbers come from: data (and its fingerprint), preset, protocol (and whether its weights
+    were selected on the test split), seeds, code version."""
+    every = [m for runs in results.values() for m in runs]
+    first = every[0] if every else None
     fingerprint = first.data.fingerprint if first is not None else ""
+    protocols = sorted({m.protocol_name for m in every}) or [base.protocol]
     return {"data": f"{base.dataset} ({Path(base.root).name}, {fingerprint[:12]})",
-            "preset": base.preset, "seeds": ",".join(map(str, seeds)),
-            "code": _short_version(first.code_version if first is not None else "")}
+            "preset": base.preset, "protocol": ", ".join(protocols),
+            "selection": LEAKAGE_MARK if any(m.selected_on_test for m in every) else None,
+            "seeds": ",".join(map(str, seeds)), "code": _short_version(first.code_version if first is not None else "")}
 
 
 def save_experiment(df: pd.DataFrame, name: str, title: str, tables_dir: str | Path,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dsaml_utils.data.types import HOP_SECONDS, MEAN, Curve, MusicDataset, Song
+from dsaml_utils.data.types import HOP_SECONDS, MEAN, Curve, MusicDataset, Song, TaskFilter, is_flat
 from dsaml_utils.errors import DataError, UserError
 from dsaml_utils.features.cache import FeatureCache, song_features
 from dsaml_utils.features.mel import MelConfig
@@ -163,3 +163,22 @@ def score_listener_song(pred: np.ndarray, sd: SongData, listener: str) -> dict[s
     """score_song on the listener's span of the song."""
     start, stop = sd.span(listener)
     return score_song(pred[start:stop], sd.labels[listener][start:stop])
+
+
+def scorable_curves(ds: MusicDataset, store: dict[str, SongData], test_ids: list[str], filt: TaskFilter,
+                either: bool = False) -> dict[str, list[str]]:
+    """Listener -> the test songs (in `store`) where their curve has >= 2 labelled steps and is not flat by
+    `filt`'s rule (`either`: flat in either dimension, else in both)."""
+    songs: dict[str, list[str]] = {}
+    for sid in test_ids:
+        if sid not in store:
+            continue
+        for lst in ds.songs[sid].listeners:
+            start, stop = store[sid].span(lst)
+            if stop - start < 2:
+                continue
+            if filt.flat_threshold > 0 and is_flat(ds.songs[sid].curves[lst], filt.flat_threshold,
+                                                   filt.flat_window, either=either):
+                continue
+            songs.setdefault(lst, []).append(sid)
+    return songs

@@ -22,7 +22,8 @@ BatchNorm running statistics: in train mode every inner and query forward normal
 own statistics, as usual. Each task updates its own copy of the running statistics (as a learn2learn
 clone would, had its buffers been cloned); after the meta-batch the model's running statistics become
 the mean over tasks of those copies. Both implementations do exactly this, so they also agree on the
-buffers. (learn2learn itself shares the buffers, so there they drift through every task in turn.)
+buffers. (learn2learn itself shares the buffers, so there they drift through every task in turn: that is
+`share_stats`, the authors' protocol; the batched path then chains the per-task copies, `_write_back_chained`.)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from dsaml_utils.meta.maml import (
     Task,
     _meta_context,
     _stat_buffer_names,
+    _write_back_chained,
     _write_back_mean,
     default_loss,
     inner_names,
@@ -242,12 +244,13 @@ def _adapt_batched(losses: Callable, params: dict[str, torch.Tensor], stats: dic
 
 
 def meta_loss_batched(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig = MetaConfig(),
-                      loss_fn: LossFn = default_loss) -> torch.Tensor:
+                      loss_fn: LossFn = default_loss, share_stats: bool = False) -> torch.Tensor:
     """Mean query loss over tasks, with every task of a chunk adapted at once under vmap.
 
     The model's forward runs under torch.func.vmap over a task axis (parameters [n, ...] per task), and
     plain autograd differentiates through it: the gradient of the sum of the task losses with respect to
-    the per-task parameters is every task's own gradient.
+    the per-task parameters is every task's own gradient. share_stats: the running statistics end as one copy
+    shared by the tasks in turn would (learn2learn), else as the mean of the per-task copies.
     """
     if not tasks:
         raise ValueError("meta-batch has no tasks")
@@ -267,18 +270,20 @@ def meta_loss_batched(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig =
             st = {k: v[i:i + chunk] for k, v in stats.items()}  # views: updates land in `stats`
             fast = _adapt_batched(losses, params, st, support, len(part), cfg)
             out.append(losses(fast, st, query))
-    if stat_names:
+    if stat_names and share_stats:
+        _write_back_chained(model, stats, cfg.inner_steps + 1)  # inner steps on the support, then the query
+    elif stat_names:
         _write_back_mean(model, stats)
     return torch.cat(out).mean()
 
 
 def meta_step(model: nn.Module, optimizer: torch.optim.Optimizer, tasks: Sequence[Task],
               cfg: MetaConfig = MetaConfig(), batched: bool = True,
-              loss_fn: LossFn = default_loss) -> float:
+              loss_fn: LossFn = default_loss, share_stats: bool = False) -> float:
     """One outer update on a meta-batch of tasks; returns the meta-loss (mean query loss)."""
     optimizer.zero_grad(set_to_none=True)
     fn = meta_loss_batched if batched else meta_loss_loop
-    loss = fn(model, tasks, cfg, loss_fn)
+    loss = fn(model, tasks, cfg, loss_fn, share_stats=share_stats)
     loss.backward()
     optimizer.step()
     return float(loss.detach())

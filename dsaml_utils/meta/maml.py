@@ -90,6 +90,31 @@ def _write_back_mean(model: nn.Module, per_task: dict[str, torch.Tensor]) -> Non
             own[k].copy_(v.mean(0) if v.is_floating_point() else v[0])
 
 
+def _write_back_chained(model: nn.Module, per_task: dict[str, torch.Tensor], forwards: int) -> None:
+    """Set the model's running statistics to what one copy shared by the tasks in turn would hold, from
+    per-task copies [n, ...] that each started at the model's values and saw `forwards` train-mode forwards.
+
+    A forward maps r -> (1 - m) r + m s with batch statistics s that do not depend on r, so a task's copy is
+    a r0 + c_t with a = (1 - m) ** forwards; the shared copy after the tasks in order is a^n r0 + sum_t
+    a^(n - t) c_t (exact up to float rounding); counters add up."""
+    own, modules = dict(model.named_buffers()), dict(model.named_modules())
+    with torch.no_grad():
+        for k, v in per_task.items():
+            r0 = own[k].clone()
+            if not v.is_floating_point():
+                own[k].copy_(r0 + (v - r0).sum(0))
+                continue
+            momentum = modules[k.rpartition(".")[0]].momentum
+            if momentum is None:
+                raise ValueError(f"{k}: shared running statistics need a BatchNorm momentum (not None) on the "
+                                 "batched path; use the task loop (train.batched_meta false)")
+            a = (1.0 - momentum) ** forwards
+            r = r0
+            for t in range(v.shape[0]):
+                r = a * r + (v[t] - a * r0)
+            own[k].copy_(r)
+
+
 @contextlib.contextmanager
 def _meta_context(second_order: bool) -> Iterator[None]:
     """MATH attention kernel and no cuDNN when differentiating twice; nothing otherwise."""
@@ -120,8 +145,11 @@ def adapt(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, 
 
 
 def meta_loss_loop(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig = MetaConfig(),
-                   loss_fn: LossFn = default_loss) -> torch.Tensor:
-    """Mean query loss over tasks after adapting to each support batch, one task at a time."""
+                   loss_fn: LossFn = default_loss, share_stats: bool = False) -> torch.Tensor:
+    """Mean query loss over tasks after adapting to each support batch, one task at a time.
+
+    share_stats: every task updates the model's own running statistics in turn, as a learn2learn clone does
+    (its `clone_module` clones only buffers that require grad); otherwise each task has a copy, averaged after."""
     if not tasks:
         raise ValueError("meta-batch has no tasks")
     params = trainable_params(model)
@@ -130,13 +158,13 @@ def meta_loss_loop(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig = Me
     losses, stats = [], []
     with _meta_context(not cfg.first_order):
         for support, query in tasks:
-            # each task gets its own copy of the running statistics
-            bufs = dict(buffers, **{k: buffers[k].clone() for k in stat_names})
+            # each task gets its own copy of the running statistics (share_stats: the model's own)
+            bufs = buffers if share_stats else dict(buffers, **{k: buffers[k].clone() for k in stat_names})
             fast = adapt(model, params, bufs, support, loss_fn, cfg.inner_steps, cfg.inner_lr,
                          create_graph=not cfg.first_order, only=cfg.inner_params)
             losses.append(loss_fn(functional_call(model, (fast, bufs), (query,)), query))
             stats.append({k: bufs[k] for k in stat_names})
-    if stat_names:
+    if stat_names and not share_stats:
         _write_back_mean(model, {k: torch.stack([s[k] for s in stats]) for k in stat_names})
     return torch.stack(losses).mean()
 

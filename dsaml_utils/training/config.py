@@ -4,6 +4,9 @@ Three presets, one vocabulary for `dsaml train`, `dsaml experiment`, `dsaml work
   paper   the paper's setup (values the paper leaves open come from the authors' code)
   quick   a CPU-sized setup for the default synthetic dataset (minutes per run on 2 cores)
   smoke   the quick setup shrunk to seconds (two updates on short windows): exercises the code, no results
+Any preset runs under one of two protocols (`protocol`, `training.protocol`): "paper" (default) or
+"authors", the authors' code's training and evaluation protocol (model selection on the test split
+included); `preset("paper", protocol="authors")` also takes the authors' batch of 15 and 2000 DMER epochs.
 How a preset departs from the paper is computed, never written by hand: `deviations(cfg)` compares it
 with `preset("paper")` field by field and gives each difference its one-line reason from `REASONS`.
 
@@ -48,6 +51,7 @@ from dsaml_utils.io.atomic import atomic_write_text
 from dsaml_utils.meta.maml import MetaConfig
 from dsaml_utils.models.registry import MODELS
 from dsaml_utils.training import fields
+from dsaml_utils.training import protocol as protocols
 
 MODES = ("dmer", "pdmer")
 STRATEGIES = ("personalized", "traditional")
@@ -71,6 +75,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu" or "cuda"
     grad_clip: float | None = None  # clip the update's gradient norm (None: no clipping, as the paper)
     batched_meta: bool = True  # meta-steps with meta.meta_loss_batched (vmap over tasks) vs the task loop
+    epochs: int | None = None  # protocol authors, mode dmer: passes over the training samples (authors: 2000);
+    # None: train.steps rounded up to whole passes. Only the authors' protocol counts epochs
 
 
 @dataclass
@@ -92,6 +98,7 @@ class RunConfig:
     """Everything one training run depends on; saved as config.json in the run folder."""
 
     preset: str = "paper"  # the preset these settings started from: "smoke", "quick" or "paper"
+    protocol: str = "paper"  # "paper" (the paper's method) or "authors" (their code's protocol: training.protocol)
     mode: str = "dmer"  # "dmer" (no MAML) or "pdmer" (MAML meta-training)
     strategy: str | None = None  # "personalized" | "traditional"; None = traditional (dmer), personalized (pdmer)
     dataset: str = "deam"  # "deam", "pmemo" or "synthetic" (data.registry.load_dataset)
@@ -116,6 +123,9 @@ class RunConfig:
         """Normalise types and check every field's type, range and choice (reads no file and no environment);
         call after editing. A bad value is a one-line UserError naming the field, the value and what it takes."""
         _check_fields(self, "")
+        if self.train.epochs is not None and self.protocol != "authors":
+            raise UserError(f"train.epochs {self.train.epochs!r}: only protocol 'authors' counts DMER epochs; "
+                            "protocol 'paper' runs train.steps updates (set train.epochs=null)")
         if self.strategy is None:
             self.strategy = "personalized" if self.mode == "pdmer" else "traditional"
         self.meta.inner_params = tuple(p for p in self.meta.inner_params if p not in ("", "all"))
@@ -235,13 +245,13 @@ def _from_dict(cls, d, where: str):
 # field checks: each field's type hint, plus the ranges and choices below
 
 
-CHOICES = {"preset": PRESETS, "mode": MODES, "strategy": STRATEGIES, "dataset": DATASETS,
+CHOICES = {"preset": PRESETS, "protocol": protocols.PROTOCOLS, "mode": MODES, "strategy": STRATEGIES, "dataset": DATASETS,
            "model": tuple(sorted(MODELS)), "encoder": ("auto", *ENCODERS), "train.select": ("best", "last"),
            "train.device": DEVICES, "eval.interval": ("t", "bootstrap")}
 """Fields that take one of a few names."""
 
 RANGES = {
-    **dict.fromkeys(("train.steps", "train.batch_size", "train.window", "eval.hop", "eval.kshots",
+    **dict.fromkeys(("train.steps", "train.epochs", "train.batch_size", "train.window", "eval.hop", "eval.kshots",
                      "eval.support_steps", "eval.draws", "meta.inner_steps", "meta.tasks_per_step",
                      "meta.support_songs", "meta.query_songs", "meta.task_chunk", "tasks.min_songs",
                      "tasks.flat_window", "mel.sample_rate", "mel.n_mels"), ">= 1"),
@@ -297,6 +307,7 @@ SMOKE = {
 """The smoke preset: these fields changed from the quick preset (same model, a couple of updates)."""
 
 REASONS = {
+    "protocol": protocols.REASON,
     "dataset": "the default data is the synthetic dataset in DEAM's layout (DEAM is not redistributable)",
     "encoder": "no global feature z_g: ImageBind's weights are not redistributable, and embedding every song "
                "with musicnn (`--encoder musicnn`) costs several CPU seconds per song once (cached)",
@@ -358,13 +369,15 @@ def deviations(cfg: RunConfig) -> list[str]:
             continue
         if key == "encoder" and value == "auto":
             continue
-        reason = REASONS.get(key, "no reason recorded")
+        authors = cfg.protocol == "authors" and protocols.AUTHORS_PAPER.get(key, ...) == value
+        reason = protocols.REASONS[key] if authors else REASONS.get(key, "no reason recorded")
         out.append(f"{key}: {paper[key]!r} -> {value!r}: {reason}")
     return out
 
 
 def preset(name: str, **kw) -> RunConfig:
-    """The named preset ("smoke", "quick" or "paper") with top-level fields overridden by keyword."""
+    """The named preset ("smoke", "quick" or "paper") with top-level fields overridden by keyword; the paper
+    preset with protocol="authors" also takes the authors' values (training.protocol.AUTHORS_PAPER)."""
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {PRESETS}")
     cfg = RunConfig(preset=name)
@@ -376,6 +389,8 @@ def preset(name: str, **kw) -> RunConfig:
         if k not in {f.name for f in dataclasses.fields(RunConfig)}:
             raise UserError(f"RunConfig has no field {k!r}")
         setattr(cfg, k, v)
+    if name == "paper" and cfg.protocol == "authors":
+        apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in protocols.AUTHORS_PAPER.items()])
     return cfg.check()
 
 

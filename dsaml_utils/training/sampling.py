@@ -36,6 +36,15 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
     return out
 
 
+def epoch_batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Sample indices of update `step` counted in epochs: each epoch a seeded permutation of range(n) read in
+    batches of `batch_size`, the last one shorter (the authors' DMER loop: a shuffled DataLoader at batch 15,
+    Littleor/Personalized-DMER train.py regular_train); ceil(n / batch_size) updates an epoch."""
+    epoch, b = divmod(step, -(-n // batch_size))
+    perm = generator(seed, ORDER, epoch).permutation(n)
+    return [int(i) for i in perm[b * batch_size:(b + 1) * batch_size]]
+
+
 @dataclass
 class TaskPool:
     """Where MAML tasks come from: listener -> songs (personalized) or songs with mean labels (traditional)."""
@@ -64,11 +73,32 @@ def make_task_pool(strategy: str, listener_songs: dict[str, list[str]], songs: l
     return TaskPool(strategy, listener_songs, sorted(songs), support, q)
 
 
-def sample_tasks(pool: TaskPool, n_tasks: int, seed: int, step: int) -> list[tuple[list[tuple[str, str]], list[tuple[str, str]]]]:
-    """Meta-batch of update `step`: per task, (support, query) lists of (song, listener), disjoint."""
+def check_disjoint(pool: TaskPool, n_tasks: int) -> None:
+    """Raise UserError when the traditional pool has too few songs for `n_tasks` tasks that share no song."""
+    need = n_tasks * (pool.support + pool.query)
+    if pool.strategy == "traditional" and need > len(pool.songs):
+        raise UserError(f"{n_tasks} traditional tasks sharing no song need {need} training songs "
+                        f"({pool.support} support + {pool.query} query each); there are {len(pool.songs)}")
+
+
+def sample_tasks(pool: TaskPool, n_tasks: int, seed: int, step: int,
+                 disjoint: bool = False) -> list[tuple[list[tuple[str, str]], list[tuple[str, str]]]]:
+    """Meta-batch of update `step`: per task, (support, query) lists of (song, listener), disjoint.
+
+    disjoint (traditional tasks): no song twice in the meta-batch, as the authors' generate_task_from_dataset
+    (Littleor/Personalized-DMER utils/dataset.py): one permutation of the songs, every task's support from its
+    head, the queries from what follows."""
     rng = generator(seed, TASKS, step)
     k = pool.support + pool.query
     tasks = []
+    if disjoint and pool.strategy == "traditional":
+        check_disjoint(pool, n_tasks)
+        perm = [pool.songs[j] for j in rng.permutation(len(pool.songs))]
+        sup, qry = perm[:n_tasks * pool.support], perm[n_tasks * pool.support:]
+        for t in range(n_tasks):
+            s, q = sup[t * pool.support:(t + 1) * pool.support], qry[t * pool.query:(t + 1) * pool.query]
+            tasks.append(([(x, MEAN) for x in s], [(x, MEAN) for x in q]))
+        return tasks
     if pool.strategy == "personalized":
         listeners = sorted(pool.listener_songs)
         picks = rng.choice(len(listeners), size=n_tasks, replace=len(listeners) < n_tasks)

@@ -28,6 +28,9 @@ prediction. Mode pdmer: that fraction of the task listeners is held out of meta-
 on one support song and scored on up to 15 of their other songs. The score is the mean of
 arousal and valence CCC (higher is better).
 
+Protocol "authors" (`training.protocol`, points 5-12): no validation split; the TEST split selects (leakage:
+a warning, and "selected_on_test" in train_summary.json); their tasks, epochs and BatchNorm statistics.
+
 `--init RUN` starts from another run's model.pt (e.g. MAML from a DMER-trained model). The paper does
 not say that the authors pretrain before meta-training, so the default is from scratch.
 
@@ -56,7 +59,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from dsaml_utils.data.registry import data_fingerprint, load_dataset
-from dsaml_utils.data.types import MEAN, MusicDataset, personalized_tasks
+from dsaml_utils.data.types import MEAN, MusicDataset
 from dsaml_utils.errors import Interrupted, UserError
 from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.features.songs import make_batch, random_item, score_listener_song
@@ -78,6 +81,7 @@ from dsaml_utils.seeding import (
     generator,
     torch_seed,
 )
+from dsaml_utils.training import protocol
 from dsaml_utils.training.config import RunConfig, resolve_run
 from dsaml_utils.training.runs import (
     _sort_key,
@@ -88,6 +92,8 @@ from dsaml_utils.training.runs import (
 from dsaml_utils.training.sampling import (
     VAL_QUERY_SONGS,
     batch_indices,
+    check_disjoint,
+    epoch_batch_indices,
     make_task_pool,
     sample_tasks,
     split_validation,
@@ -108,9 +114,11 @@ class Trainer:
         cfg = resolve_run(cfg)  # what config.json records: encoder "auto" resolved, absolute root
         # torchrun: rank 0 alone writes files and shows progress; each rank on its own GPU
         self.main = meta_dist.rank() == 0
-        if not cfg.maml and meta_dist.world_size() > 1:
-            raise UserError(f"mode dmer runs in one process ({meta_dist.world_size()} started): only MAML "
-                            "meta-training (mode pdmer) is sharded over processes")
+        self.rules = protocol.rules(cfg.protocol)  # authors: its tasks share BatchNorm statistics in turn
+        if (not cfg.maml or self.rules.shared_stats) and meta_dist.world_size() > 1:
+            raise UserError(f"{'mode dmer' if not cfg.maml else 'protocol authors'} runs in one process "
+                            f"({meta_dist.world_size()} started): only MAML meta-training (mode pdmer) is sharded "
+                            "over processes")
         self.cfg, self.out, self.progress = cfg, Path(out), progress and self.main
         self.device = meta_dist.local_device(resolve_device(cfg.train.device))
         self.out.mkdir(parents=True, exist_ok=True)
@@ -147,19 +155,21 @@ class Trainer:
                 raise UserError(f"--init {cfg.init}: its model does not fit this run's model ({exc})") from None
         self.keys = tuple(getattr(self.model, "inputs", ("mel", "mask")))
 
-        # data split: validation songs (dmer) or validation listeners (pdmer)
-        listener_songs = personalized_tasks(self.ds, train_ids, cfg.tasks)
-        if cfg.maml:
+        # data split: validation songs (dmer) or validation listeners (pdmer); authors: none, the test split selects
+        listener_songs = protocol.task_listeners(self.ds, train_ids, cfg.tasks, cfg.protocol)
+        if cfg.maml and not self.rules.select_on_test:
             fit_listeners, self.val_listeners = split_validation(list(listener_songs), t.val_fraction, t.seed)
             self.fit_ids, self.val_ids = train_ids, []
         else:
-            self.fit_ids, self.val_ids = split_validation(train_ids, t.val_fraction, t.seed)
+            self.fit_ids, self.val_ids = ((train_ids, []) if self.rules.select_on_test
+                                          else split_validation(train_ids, t.val_fraction, t.seed))
             fit_listeners, self.val_listeners = list(listener_songs), []
         fit_set = set(self.fit_ids)
         self.listener_songs = {k: [s for s in v if s in fit_set] for k, v in listener_songs.items()
                                if k in set(fit_listeners)}
         self.val_listener_songs = {k: listener_songs[k] for k in self.val_listeners}
-        needed = sorted(set(self.fit_ids) | set(self.val_ids)
+        test_ids = list(self.ds.test_ids) if self.rules.select_on_test else []
+        needed = sorted(set(self.fit_ids) | set(self.val_ids) | set(test_ids)
                         | {s for v in self.val_listener_songs.values() for s in v}, key=_sort_key)
         self.store = build_store(self.ds, needed, cfg, self.model, cache, progress=self.progress)
         self._drop_missing()
@@ -168,6 +178,8 @@ class Trainer:
             songs = [s for s in self.fit_ids if s in self.store]
             self.pool = make_task_pool(cfg.strategy, self.listener_songs, songs, cfg.meta.support_songs,
                                        cfg.meta.query_songs)
+            if self.rules.disjoint_tasks:
+                check_disjoint(self.pool, cfg.meta.tasks_per_step)
         else:
             if cfg.strategy == "personalized":
                 self.samples = [(s, lst) for lst, v in self.listener_songs.items() for s in v]
@@ -176,6 +188,10 @@ class Trainer:
             if not self.samples:
                 raise UserError("no training samples (songs with audio and labels)")
         self.val_plan = self._validation_plan()
+        self.test_plan = (protocol.test_plan(self.ds, self.store, test_ids, cfg.tasks, cfg.maml, cfg.protocol)
+                          if self.rules.select_on_test else [])
+        self.total, self.per_epoch = protocol.run_length(cfg.protocol, cfg.maml, t.steps, t.epochs,
+                                                         0 if cfg.maml else len(self.samples), t.batch_size)
         params = maml.trainable_params(self.model)
         self.optimizer = torch.optim.Adam(params.values(), lr=t.lr)
         self.step = 0
@@ -185,6 +201,8 @@ class Trainer:
         self.wall = 0.0
         if self.main:
             self.cfg.save(self.out / "config.json")  # only once the run could be set up
+            if self.rules.select_on_test:
+                protocol.warn_leakage()
 
     # ---- setup helpers
 
@@ -276,7 +294,8 @@ class Trainer:
         self.model.train()
         if cfg.maml:
             tasks = []
-            for sup, qry in sample_tasks(self.pool, cfg.meta.tasks_per_step, t.seed, self.step):
+            for sup, qry in sample_tasks(self.pool, cfg.meta.tasks_per_step, t.seed, self.step,
+                                         disjoint=self.rules.disjoint_tasks):
                 s_items = [random_item(self.store, s, lst, t.window, rng) for s, lst in sup]
                 q_items = [random_item(self.store, s, lst, t.window, rng) for s, lst in qry]
                 tasks.append((make_batch(self.store, s_items, t.window, self.keys, self.device),
@@ -289,12 +308,14 @@ class Trainer:
                 self.optimizer.step()
                 return loss
             if t.grad_clip is None:
-                return meta_batched.meta_step(self.model, self.optimizer, tasks, cfg.meta, batched=t.batched_meta)
+                return meta_batched.meta_step(self.model, self.optimizer, tasks, cfg.meta, batched=t.batched_meta,
+                                              share_stats=self.rules.shared_stats)
             self.optimizer.zero_grad(set_to_none=True)
             fn = meta_batched.meta_loss_batched if t.batched_meta else maml.meta_loss_loop
-            loss = fn(self.model, tasks, cfg.meta)
+            loss = fn(self.model, tasks, cfg.meta, share_stats=self.rules.shared_stats)
         else:
-            idx = batch_indices(len(self.samples), t.batch_size, t.seed, self.step)
+            order = epoch_batch_indices if self.rules.dmer_epochs else batch_indices
+            idx = order(len(self.samples), t.batch_size, t.seed, self.step)
             items = [random_item(self.store, *self.samples[i], t.window, rng) for i in idx]
             batch = make_batch(self.store, items, t.window, self.keys, self.device)
             self.optimizer.zero_grad(set_to_none=True)
@@ -311,6 +332,8 @@ class Trainer:
         """Validation scores of the current weights (see the module docstring)."""
         cfg = self.cfg
         W, hop = cfg.train.window, cfg.eval.hop
+        if self.rules.select_on_test:
+            return protocol.score_test_split(self.model, self.store, self.test_plan, cfg, cfg.maml, self.device)
         if not cfg.maml:
             if not self.val_ids:
                 return {}
@@ -353,10 +376,10 @@ class Trainer:
             check_same_data(ckpt, state, self.data_fingerprint, self.data_root)
             self.load_state(state)
         done_now = 0
-        bar = tqdm(total=t.steps, initial=self.step, desc=f"train {self.cfg.mode}", unit="step",
+        bar = tqdm(total=self.total, initial=self.step, desc=f"train {self.cfg.mode}", unit="step",
                    disable=not self.progress)
         try:
-            while self.step < t.steps:
+            while self.step < self.total:
                 if max_steps_this_call is not None and done_now >= max_steps_this_call:
                     return {"stopped_at": self.step, "complete": False}
                 t0 = time.perf_counter()
@@ -364,8 +387,10 @@ class Trainer:
                 self.step += 1
                 done_now += 1
                 self._losses.append(loss)
-                last = self.step == t.steps
-                if (t.eval_every and self.step % t.eval_every == 0) or last:
+                last = self.step == self.total
+                due = (protocol.validation_due(self.cfg.maml, self.step, self.per_epoch) if self.rules.select_on_test
+                       else bool(t.eval_every and self.step % t.eval_every == 0) or last)
+                if due:
                     self._record(meta_dist.broadcast_object(self.validate()))  # torchrun: rank 0's scores
                 self.wall += time.perf_counter() - t0
                 saved = (t.checkpoint_every and self.step % t.checkpoint_every == 0) or last
@@ -420,7 +445,7 @@ class Trainer:
         self._losses = []
         self.history.append(row)
         score = val.get("val_score")
-        if score is not None and score > self.best["score"]:
+        if score is not None and protocol.better(score, self.best["score"], self.cfg.protocol):
             self.best = {"score": float(score), "step": self.step}
             if self.main:  # torchrun: rank 0 writes
                 save_checkpoint(self.out / "best.pt", {"model": self.model.state_dict(), "step": self.step,
@@ -450,6 +475,10 @@ class Trainer:
             "val_listeners": len(self.val_plan),
             "problems": list(self.ds.problems),
         }
+        if self.rules.select_on_test:  # the authors' protocol: selected on the test split (leakage)
+            summary.update(protocol="authors", selected_on_test=use_best, test_pairs=len(self.test_plan))
+        if self.per_epoch:
+            summary.update(epochs=self.total // self.per_epoch, updates_per_epoch=self.per_epoch)
         atomic_write_text(self.out / "train_summary.json", json.dumps(summary, indent=1) + "\n")
         return summary
 
