@@ -21,6 +21,7 @@ import torch
 
 from dsaml_utils.data.registry import load_dataset
 from dsaml_utils.errors import RunConflict, UserError
+from dsaml_utils.evaluation.compare import protocol_table
 from dsaml_utils.evaluation.results import RunMetrics
 from dsaml_utils.experiments.plan import workbook_seeds
 from dsaml_utils.experiments.runner import run_experiment, run_specs, spec_jobs
@@ -140,6 +141,13 @@ class Session:
             res = run_specs(self._row_specs(experiment, row), self.run_config(), [self.seed], self.run_dir / "runs",
                             progress=progress, ds=self.dataset())
         return res[row][0]
+
+    def protocols(self, experiment: str, row: str, progress: bool = True) -> pd.DataFrame:
+        """One experiment row's run (trained first when needed) scored under the paper's and the authors'
+        protocol, side by side (`evaluation.compare.protocol_table`)."""
+        self.ensure(experiment, row, progress=progress)
+        return protocol_table(self.run_folder(experiment, row), ds=self.dataset(), cache=FeatureCache(self.cache_dir),
+                              progress=progress)
 
     def load(self, experiment: str, row: str):
         """(RunConfig, model in eval mode) of one experiment row's run (trained first when needed)."""
