@@ -1,7 +1,8 @@
-"""Protocol "authors" (training.protocol): one test per difference 5-12 of issue 11, each failing when that
+"""Protocol "authors" (training.protocol): one test per difference 4-12 of issue 11, each failing when that
 rule falls back to the paper's, plus config.json, two metrics files per run, and the leakage warning and marks.
 
-Hand-made datasets for the rules; the tiny synthetic dataset of test_train.py for the runs.
+Hand-made datasets for the rules; the tiny synthetic dataset of test_train.py for the runs; for point 4 a
+random-weight ImageBind in the official key layout and two 44.1 kHz stereo songs.
 """
 
 import contextlib
@@ -12,26 +13,36 @@ import math
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
-import torch.nn as nn
-from test_train import one_thread, tiny_cache, tiny_config, tiny_ds, tiny_root  # noqa: F401 (fixtures)
+from test_imagebind import write_official_checkpoint
+from test_imagebind_preprocessing import TINY, stereo_fixture
+from test_train import TINY_RUN, one_thread, tiny_cache, tiny_config, tiny_ds, tiny_root  # noqa: F401 (fixtures)
+from torch import nn
 
 from dsaml_utils.cli import build_parser
 from dsaml_utils.cli import main as cli_main
 from dsaml_utils.cli.train import config_from_args
 from dsaml_utils.data.types import MEAN, Curve, MusicDataset, Song, TaskFilter
+from dsaml_utils.encoders.authors import step_ranges
+from dsaml_utils.encoders.imagebind import load_imagebind_audio
+from dsaml_utils.encoders.registry import get_encoder
 from dsaml_utils.errors import RunConflict, UserError
-from dsaml_utils.evaluation.protocols import held_out_listeners
+from dsaml_utils.evaluation.protocols import evaluate_dmer, held_out_listeners
 from dsaml_utils.evaluation.report import format_metrics
 from dsaml_utils.evaluation.results import read_metrics
 from dsaml_utils.evaluation.run import evaluate_run
 from dsaml_utils.experiments.tables import provenance
 from dsaml_utils.features.cache import FeatureCache
-from dsaml_utils.features.songs import SongData, align_curve
+from dsaml_utils.features.kaldi import kaldi_fbank
+from dsaml_utils.features.songs import Item, SongData, align_curve, make_batch
 from dsaml_utils.meta.batched import meta_loss_batched
 from dsaml_utils.meta.maml import MetaConfig, meta_loss_loop
+from dsaml_utils.models.inference import predict_song, stitch_authors
+from dsaml_utils.models.registry import build_model
 from dsaml_utils.plots.base import provenance_text
 from dsaml_utils.training import protocol
+from dsaml_utils.training.authors_store import authors_global, protocol_store
 from dsaml_utils.training.config import RunConfig, apply_overrides, preset
 from dsaml_utils.training.sampling import (
     epoch_batch_indices,
@@ -334,3 +345,147 @@ def test_the_leakage_warning_is_printed_and_every_output_is_marked(runs, tiny_ds
     assert protocol.LEAKAGE_MARK in provenance_text(provenance({"row": [m]}, RunConfig(), [0]))
     plain = evaluate_run(runs["paper"], ds=tiny_ds, progress=False)
     assert not plain.selected_on_test and protocol.LEAKAGE_MARK not in format_metrics(plain)
+
+
+# ---- 4: the authors' ImageBind input (encoder imagebind only)
+
+
+@pytest.fixture(scope="module")
+def ib_data(tmp_path_factory):
+    """(dataset, checkpoint, cache) with train song "1" (18 s, labels 15-17.5 s) and test song "2" (47 s,
+    labels 15-46.5 s), both stereo at 44.1 kHz, and a random-weight ImageBind in the official key layout."""
+    root = tmp_path_factory.mktemp("ib_songs")
+    ckpt = root / "imagebind_tiny.pth"
+    write_official_checkpoint(ckpt, TINY)
+    songs = {}
+    for sid, seconds, steps in (("1", 18.0, 6), ("2", 47.0, 64)):
+        path = stereo_fixture(root / f"{sid}.wav", seconds=seconds)
+        t = 15.0 + 0.5 * np.arange(steps)
+        songs[sid] = Song(sid, path, {MEAN: Curve(t, np.sin(t), np.cos(t))})
+    ds = MusicDataset("x", root, songs, ["1"], ["2"], (-1, 1))
+    return ds, ckpt, FeatureCache(root / "cache")
+
+
+def _ib_config(ckpt, protocol_name="authors"):
+    return apply_overrides(preset("quick"), [*TINY_RUN, "encoder=imagebind", f"encoder_checkpoint={ckpt}",
+                                             f"protocol={protocol_name}"])
+
+
+@pytest.fixture(scope="module")
+def ib_stores(ib_data):
+    """The authors' and the paper's stores of both songs, with a tiny DSAML reading the 1024-d global."""
+    ds, ckpt, cache = ib_data
+    cfg = _ib_config(ckpt)
+    torch.manual_seed(0)
+    model = build_model("dsaml", cfg.model_size, **cfg.model_overrides()).eval()
+    authors = protocol_store(ds, ["1", "2"], cfg, model, cache, test_ids=["2"], progress=False)
+    paper = protocol_store(ds, ["1", "2"], cfg, model, cache, protocol="paper", test_ids=["2"], progress=False)
+    return {"authors": authors, "paper": paper, "model": model, "cfg": cfg}
+
+
+def _mono(path):
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    assert sr == 44100
+    return data.mean(axis=1), data
+
+
+def _authors_clips(wave, bounds):
+    """The authors' ImageBind input from a 44.1 kHz mono wave: waveform2melspec at sample_frequency 44100."""
+    out = []
+    for a, b in bounds:
+        clip = torch.from_numpy(np.ascontiguousarray(wave[a:b]))
+        fb = kaldi_fbank(clip - clip.mean(), sample_rate=44100).T  # 1102-sample frames, shift 441
+        assert fb.shape == (128, 198)  # 1 + (88200 - 1102) // 441 frames, padded to 204
+        out.append((torch.nn.functional.pad(fb, (0, 6)) + 4.268) / 9.138)
+    return torch.stack(out).unsqueeze(1)
+
+
+def test_4_imagebind_is_fed_the_44k_mono_mix_with_pytorchvideo_015_clips(ib_data, ib_stores):
+    ds, ckpt, cache = ib_data
+    mono, stereo = _mono(ds.songs["1"].audio_path)
+    # training song: 15 s + train.window / 2 = 6 s, of which the file holds 3 s: zero-padded to 264600 samples
+    excerpt = np.pad(mono[661500:], (0, 264600 - len(mono[661500:])))
+    assert len(mono[661500:]) == 132300
+    # d = 6 s: 0.1.5 starts k * 4 / 3 s (pinned: k * 2 s), at 44100 samples a second
+    clips = _authors_clips(excerpt, [(0, 88200), (58800, 147000), (117600, 205800)])
+    encoder = get_encoder("imagebind", ckpt, clip_spacing=AUTHORS.imagebind_clip_spacing,
+                          native_rate=AUTHORS.imagebind_native_rate)
+    wave, sr = encoder.load(ds.songs["1"].audio_path)
+    assert sr == 44100 and np.array_equal(wave, mono)
+    torch.testing.assert_close(encoder.clips(excerpt), clips)
+    model = load_imagebind_audio(ckpt)
+    with torch.no_grad():
+        ref = model(clips[None])[0].numpy()
+    got = ib_stores["authors"]["1"].inputs["global"]
+    assert got.shape == (1024,)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
+    # each rule reverted moves the vector: Meta's 16 kHz channel 0, pinned spacing, channel 0, no padding
+    pinned = _authors_clips(excerpt, [(0, 88200), (88200, 176400), (176400, 264600)])
+    left = np.pad(stereo[661500:, 0], (0, 132300))
+    with torch.no_grad():
+        reverted = {"pinned": model(pinned[None])[0].numpy(),
+                    "channel 0": model(_authors_clips(left, [(0, 88200), (58800, 147000), (117600, 205800)])[None])[0].numpy(),
+                    "no padding": model(_authors_clips(mono[661500:], [(0, 88200), (14700, 102900), (29400, 117600)])[None])[0].numpy()}
+    reverted["16 kHz"] = ib_stores["paper"]["1"].inputs["global"]
+    reverted["16 kHz fbank"] = get_encoder("imagebind", ckpt, clip_spacing="pytorchvideo-0.1.5").embed(excerpt)
+    for what, vec in reverted.items():
+        assert np.abs(vec - got).max() > 1e-2, what
+    # its own cache entries: the paper's store did not read the authors' ones back (nor the reverse)
+    assert len(list((cache.root / "global").glob("*.npz"))) == 3  # authors "1", paper "1" and "2"
+    assert len(list((cache.root / "global_steps").glob("*.npz"))) == 1
+    # encoder "none" (the quick preset): point 4 changes nothing
+    assert not authors_global(preset("quick", protocol="authors"))
+    assert authors_global(ib_stores["cfg"]) and not authors_global(ib_stores["cfg"], "paper")
+
+
+def test_4_a_test_song_has_one_global_per_step_over_30_s_centred_on_it(ib_data, ib_stores):
+    # the audio after the first label (15 s) holds n = 32 s; step i's window is [0.5 i - 15, 0.5 i + 15) s of it
+    n = 32 * 44100
+    by_hand = {0: [(0, 661500), (0, 661500)],  # the start: its first 15 s twice
+               1: [(0, 639450), (0, 683550)],  # 14.5 s of the start repeated, then 0-15.5 s
+               29: [(0, 22050), (0, 1300950)],
+               30: [(0, 1323000)],  # the middle: 0-30 s
+               34: [(88200, 1411200)],  # ends exactly at the end of the audio
+               35: [(110250, 1411200), (1389150, 1411200)],  # the end: 2.5-32 s, then its last 0.5 s again
+               63: [(727650, 1411200), (771750, 1411200)]}
+    for step, ranges in by_hand.items():
+        assert step_ranges(n, step, 44100) == ranges, step
+        assert sum(b - a for a, b in ranges) == 1323000
+    ds, ckpt, _ = ib_data
+    mono, _ = _mono(ds.songs["2"].audio_path)
+    after = mono[661500:]
+    assert len(after) == n
+    g = ib_stores["authors"]["2"].inputs["global"]
+    assert g.shape == (64, 1024)
+    encoder = get_encoder("imagebind", ckpt, clip_spacing="pytorchvideo-0.1.5", native_rate=True)
+    for step in (0, 1, 30, 35, 63):
+        window = np.concatenate([after[a:b] for a, b in by_hand[step]])
+        np.testing.assert_allclose(g[step], encoder.embed(window), rtol=0, atol=1e-5)
+    assert np.abs(g[0] - g[30]).max() > 1e-2 and np.abs(g[30] - g[63]).max() > 1e-2
+    assert ib_stores["paper"]["2"].inputs["global"].shape == (1024,)  # paper: one vector of the labelled span
+
+
+def test_4_the_per_step_global_reaches_the_prediction_of_a_test_song(ib_stores):
+    model, cfg, sd = ib_stores["model"], ib_stores["cfg"], ib_stores["authors"]["2"]
+    g, W, T = torch.from_numpy(sd.inputs["global"]), cfg.train.window, len(sd.times)
+    mel = torch.from_numpy(sd.inputs["mel"])
+    with torch.no_grad():  # window s sees the global of its own steps, s .. s + W - 1 (slide_inference)
+        windows = np.stack([model({"mel": mel[s:s + W][None], "global": g[s:s + W][None],
+                                   "mask": torch.ones(1, W, dtype=torch.bool)})["pred"][0].numpy()
+                            for s in range(T - W + 1)])
+    pred = predict_song(model, sd, W, cfg.eval.hop, stitch="authors")
+    np.testing.assert_allclose(pred, stitch_authors(windows, T), rtol=0, atol=1e-5)
+    song_global = SongData(sd.song_id, sd.times, {**sd.inputs, "global": sd.inputs["global"].mean(0)}, sd.labels)
+    assert np.abs(predict_song(model, song_global, W, cfg.eval.hop, stitch="authors") - pred).max() > 1e-3
+    # support windows and the same-song rest take their steps' global too
+    batch = make_batch({"2": sd}, [Item("2", MEAN, 7, W)], W, ("mel", "global", "mask"))
+    assert torch.equal(batch["global"][0], g[7:7 + W])
+    part = protocol.song_part(sd, 5, T)
+    assert np.array_equal(part.inputs["global"], sd.inputs["global"][5:])
+    # DMER evaluation under the authors' protocol scores with it (train mode: the same dropout draws)
+    store, alt = {"2": sd}, {"2": song_global}
+    torch.manual_seed(0)
+    a = evaluate_dmer(model, store, ["2"], cfg).scores.rows[0]
+    torch.manual_seed(0)
+    b = evaluate_dmer(model, alt, ["2"], cfg).scores.rows[0]
+    assert a["arousal_ccc"] != b["arousal_ccc"] and a["valence_rmse"] != b["valence_rmse"]

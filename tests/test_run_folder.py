@@ -40,8 +40,8 @@ def pause():
         time.sleep(0.01)
 
 if where == "setup":  # inside Trainer setup (after the lock, before config.json)
-    build_store = trainer.build_store
-    trainer.build_store = lambda *a, **k: (pause(), build_store(*a, **k))[1]
+    protocol_store = trainer.protocol_store
+    trainer.protocol_store = lambda *a, **k: (pause(), protocol_store(*a, **k))[1]
 else:  # before update number `where` (0-based), i.e. in the middle of the run
     update = trainer.Trainer.update
     trainer.Trainer.update = lambda self: (pause() if self.step == int(where) else None, update(self))[1]

@@ -21,6 +21,8 @@ excerpt, ``--whole`` the whole file.
 
 Each encoder reads a file with its own ``load``: imagebind as Meta's code does (channel 0, torchaudio's
 windowed-sinc resampler: ``features.audio.load_audio_imagebind``), the others as a soxr-resampled mono mix.
+``ImageBindEncoder(native_rate=True)`` reads it as the DSAML authors' code does (protocol "authors", issue 11
+point 4: the mono mix at 44.1 kHz, its fbank at 44.1 kHz); their excerpts are ``encoders.authors``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from dsaml_utils.errors import DataError, UserError
 from dsaml_utils.features.audio import load_audio, load_audio_imagebind
 from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.features.kaldi import CLIP_SPACINGS, imagebind_clips
+from dsaml_utils.features.resample import sinc_resample
 from dsaml_utils.io.provenance import audio_digest
 
 ENCODERS = ("imagebind", "musicnn", "vibenet", "none")
@@ -54,6 +57,11 @@ ENCODERS = ("imagebind", "musicnn", "vibenet", "none")
 
 ENCODER_DIMS = {"imagebind": 1024, "musicnn": 1506, "vibenet": 1280, "none": 0}
 """Embedding size of each encoder as get_encoder builds it (ImageBind-huge audio; musicnn pooled features)."""
+
+
+AUTHORS_RATE = 44100
+"""The rate at which the DSAML authors feed ImageBind (Littleor/Personalized-DMER models/image_bind.py:
+sample_rate=44100 for both the file reading and load_and_transform_audio_data)."""
 
 
 NORMALIZED_ENCODERS = ("imagebind",)
@@ -115,6 +123,10 @@ class GlobalEncoder:
         """[dim] float32 embedding of a mono waveform at self.sample_rate."""
         return np.zeros(0, dtype=np.float32)
 
+    def embed_many(self, waves: list[np.ndarray]) -> np.ndarray:
+        """[len(waves), dim] float32 embeddings of several waveforms at self.sample_rate."""
+        return np.stack([self.embed(w) for w in waves]).astype(np.float32, copy=False)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, sample_rate={self.sample_rate})"
 
@@ -128,31 +140,49 @@ class ImageBindEncoder(GlobalEncoder):
 
     Preprocessing is Meta's ``load_and_transform_audio_data``: channel 0, torchaudio's windowed-sinc
     resampler, clips at the start, middle and end (``clip_spacing="pinned"``; "pytorchvideo-0.1.5" gives the
-    older spacing the DSAML authors' requirements pin, see features.kaldi.CLIP_SPACINGS).
+    older spacing the DSAML authors' requirements pin, see features.kaldi.CLIP_SPACINGS). ``native_rate``:
+    the authors' input instead, the mono mix at 44.1 kHz, clipped and fbanked at 44.1 kHz (AUTHORS_RATE).
     """
 
     name = "imagebind"
     version = 2  # 2: Meta's waveform path (channel 0, sinc resampler, pinned clip spacing); 1 was mono + soxr
     clip_spacing = "pinned"
+    native_rate = False
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu", clip_spacing: str = "pinned") -> None:
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", clip_spacing: str = "pinned",
+                 native_rate: bool = False) -> None:
         if clip_spacing not in CLIP_SPACINGS:
             raise UserError(f"unknown clip_spacing {clip_spacing!r}; choose one of {', '.join(CLIP_SPACINGS)}")
         self.model = imagebind.load_imagebind_audio(checkpoint).to(device)
         self.device, self.clip_spacing = device, clip_spacing
         self.dim = self.model.cfg.out_dim
         self.identity = file_identity(checkpoint) + ("" if clip_spacing == "pinned" else f":{clip_spacing}")
+        if native_rate:  # its own cache entries: another reading of the file, another fbank
+            self.native_rate, self.sample_rate = True, AUTHORS_RATE
+            self.identity += f":mono{AUTHORS_RATE}"
 
     def load(self, path: str | Path) -> tuple[np.ndarray, int]:
-        """Channel 0 of the file, resampled to 16 kHz as torchaudio.functional.resample does (Meta's reading)."""
-        return load_audio_imagebind(path, self.sample_rate)
+        """Channel 0 of the file, resampled to 16 kHz as torchaudio.functional.resample does (Meta's reading);
+        native_rate: the mono mix at 44.1 kHz (the authors' utils/music/util.py `read_wav_as_tensor`: each
+        channel resampled by torchaudio's default when the file's rate differs, then the channel mean)."""
+        if not self.native_rate:
+            return load_audio_imagebind(path, self.sample_rate)
+        wave, sr = load_audio(path)  # the channel mean at the file's rate (the resampler is linear)
+        return (sinc_resample(wave, sr, self.sample_rate) if sr != self.sample_rate else wave), self.sample_rate
+
+    def clips(self, wave: np.ndarray) -> torch.Tensor:
+        """The model's input for a waveform at self.sample_rate: [n_clips, 1, n_mels, target_frames]."""
+        cfg = self.model.cfg
+        return imagebind_clips(wave, target_frames=cfg.target_frames, num_mel_bins=cfg.n_mels,
+                               clip_spacing=self.clip_spacing, sample_rate=self.sample_rate)
 
     def embed(self, wave: np.ndarray) -> np.ndarray:
-        cfg = self.model.cfg
-        clips = imagebind_clips(wave, target_frames=cfg.target_frames, num_mel_bins=cfg.n_mels,
-                                clip_spacing=self.clip_spacing)
+        return self.embed_many([wave])[0]
+
+    def embed_many(self, waves: list[np.ndarray]) -> np.ndarray:
+        batch = torch.stack([self.clips(w) for w in waves])
         with torch.inference_mode():
-            return self.model(clips[None].to(self.device))[0].float().cpu().numpy()
+            return self.model(batch.to(self.device)).float().cpu().numpy()
 
 
 def _installed_file(package: str, relative: str) -> Path | None:
@@ -237,10 +267,11 @@ def default_encoder_name(checkpoint: str | Path | None = None) -> str:
 
 
 def get_encoder(name: str, checkpoint: str | Path | None = None, device: str = "cpu",
-                clip_spacing: str = "pinned") -> GlobalEncoder:
+                clip_spacing: str = "pinned", native_rate: bool = False) -> GlobalEncoder:
     """The encoder called `name`; `checkpoint`: ImageBind's .pth, musicnn's folder or vibenet's .onnx.
 
-    The checkpoint is found when omitted; `clip_spacing` (imagebind only): features.kaldi.CLIP_SPACINGS.
+    The checkpoint is found when omitted; `clip_spacing` (imagebind only): features.kaldi.CLIP_SPACINGS;
+    `native_rate` (imagebind only): the authors' 44.1 kHz mono input (ImageBindEncoder).
     """
     if name == "none":
         return NoEncoder()
@@ -248,7 +279,7 @@ def get_encoder(name: str, checkpoint: str | Path | None = None, device: str = "
         path = imagebind.find_checkpoint(checkpoint)
         if path is None:
             raise UserError(f"no ImageBind checkpoint configured. {imagebind.how_to_get_checkpoint()}")
-        return ImageBindEncoder(path, device, clip_spacing)
+        return ImageBindEncoder(path, device, clip_spacing, native_rate)
     if name == "musicnn":
         return MusicnnEncoder(checkpoint, device)
     if name == "vibenet":

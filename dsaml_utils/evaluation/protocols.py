@@ -3,7 +3,9 @@
 Under protocol "authors" (`training.protocol`; `protocol=` here, else the run's own) the same records are
 scored the authors' way: stride-1 windows stitched, in train mode (points 8, 9), PDMER on every test rater
 with enough non-flat test curves, seen in training or not, plus the mean curve (points 5-7), and the
-same-song rest predicted on its own. Below, the paper protocol.
+same-song rest predicted on its own; with the imagebind encoder the test songs' store (evaluation.run,
+`training.authors_store`) holds their per-step global embeddings (point 4), which every window, support
+window and same-song rest takes step by step. Below, the paper protocol.
 
 DMER: every test song, predicted whole by sliding 60-step windows (hop `eval.hop`, overlapping
 predictions averaged), scored against its MEAN curve.
@@ -102,8 +104,10 @@ def evaluate_pdmer(model, ds: MusicDataset, store: dict[str, SongData], train_id
     protocol = protocol or cfg.protocol
     listeners, notes = held_out_listeners(ds, store, train_ids, test_ids, cfg, protocol)
     if not listeners:
-        return PDMERResult(notes=notes,
-                           skipped="no listener curves on the test songs (the dataset has no rater identities)")
+        why = (f"no test rater has {cfg.tasks.min_songs} or more non-flat test curves (the authors' rule)"
+               if rules(protocol).all_test_raters and ds.listeners() else
+               "no listener curves on the test songs (the dataset has no rater identities)")
+        return PDMERResult(notes=notes, skipped=why)
     W, hop, seed = cfg.train.window, cfg.eval.hop, cfg.train.seed
     plain_pred = {}  # song -> prediction without adaptation (the same for every listener)
 

@@ -2,6 +2,8 @@
 
 A run is scored under its own protocol (config.json) into metrics.json, or under the other one
 (`protocol=`, `dsaml evaluate --protocol`) into metrics-<protocol>.json, so neither file replaces the other.
+The test songs' inputs follow the protocol scored (`training.authors_store`: under "authors" with the
+imagebind encoder, their 44.1 kHz ImageBind input and one global embedding per step).
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.io.provenance import code_version, file_digest
 from dsaml_utils.models.inference import resolve_device
 from dsaml_utils.runtime import keep_freed_memory
+from dsaml_utils.training.authors_store import protocol_store
 from dsaml_utils.training.config import RunConfig
 from dsaml_utils.training.protocol import rules, warn_leakage
 from dsaml_utils.training.runs import load_run_model
-from dsaml_utils.training.store import build_store
 
 
 def metrics_name(cfg: RunConfig, protocol: str | None = None) -> str:
@@ -70,7 +72,7 @@ def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: Feat
     ds = ds if ds is not None else load_dataset(cfg.dataset, cfg.root)
     test = set(ds.test_ids)
     train_ids = [s for s in ds.train_ids if s not in test]
-    store = build_store(ds, list(ds.test_ids), cfg, model, cache, progress=progress)
+    store = protocol_store(ds, list(ds.test_ids), cfg, model, cache, protocol, ds.test_ids, progress)
     torch.manual_seed(cfg.train.seed)
     data = DataInfo(cfg.dataset, str(cfg.root), data_fingerprint(ds), len(train_ids), len(ds.test_ids), len(store))
     version = code_version()

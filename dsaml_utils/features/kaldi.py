@@ -119,27 +119,30 @@ def constant_clip_bounds(n_samples: int, sr: int, clip_seconds: float = 2.0, n_c
 
 def imagebind_clips(wave16k, clip_seconds: float = 2.0, n_clips: int = 3, target_frames: int = 204,
                     mean: float = -4.268, std: float = 9.138, num_mel_bins: int = 128,
-                    clip_spacing: str = "pinned") -> torch.Tensor:
+                    clip_spacing: str = "pinned", sample_rate: int = 16000) -> torch.Tensor:
     """ImageBind's audio input: [n_clips, 1, num_mel_bins, target_frames] normalised fbanks of a 16 kHz wave.
 
     Per clip (constant_clip_bounds, `clip_spacing` as there): subtract the clip's mean, kaldi_fbank,
     transpose to [mel, time], zero-pad or cut to target_frames (padding is 0 before normalisation, as
     ImageBind does), then (x - mean) / std. The wave is the one channel ImageBind's fbank reads (channel 0;
-    see features.audio.load_audio_imagebind).
+    see features.audio.load_audio_imagebind). `sample_rate`: the wave's rate, which the clip bounds and the
+    fbank take as theirs (protocol "authors": 44100, as Littleor/Personalized-DMER models/image_bind.py passes
+    sample_rate=44100 to load_and_transform_audio_data; a 2 s clip is then 198 frames of 1102 samples at a
+    441-sample shift, the same count as at 16 kHz, padded to 204, and the mel bins reach 22.05 kHz).
     Deviations: a clip shorter than one 25 ms frame is zero-padded to a frame, where torchaudio fails; and
     each clip's own mean is subtracted. ImageBind subtracts it in place, over all channels, from a view of the
     whole waveform, so where clips overlap (pinned: a file under n_clips * clip_seconds) a later clip has a step
     of the earlier clip's mean; without overlap a constant offset cancels in the fbank's per-frame DC removal.
     """
     x = torch.as_tensor(wave16k, dtype=torch.float32).reshape(-1)
-    frame = int(16000 * 25.0 * 0.001)
+    frame = int(sample_rate * 25.0 * 0.001)
     out = []
-    for a, b in constant_clip_bounds(len(x), 16000, clip_seconds, n_clips, clip_spacing):
+    for a, b in constant_clip_bounds(len(x), sample_rate, clip_seconds, n_clips, clip_spacing):
         clip = x[a:b]
         clip = clip - clip.mean() if len(clip) else clip
         if len(clip) < frame:
             clip = torch.nn.functional.pad(clip, (0, frame - len(clip)))
-        fb = kaldi_fbank(clip, num_mel_bins=num_mel_bins).T  # [mel, frames]
+        fb = kaldi_fbank(clip, num_mel_bins=num_mel_bins, sample_rate=sample_rate).T  # [mel, frames]
         gap = target_frames - fb.shape[1]
         fb = torch.nn.functional.pad(fb, (0, gap)) if gap > 0 else fb[:, :target_frames]
         out.append((fb - mean) / std)

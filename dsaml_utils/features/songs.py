@@ -2,7 +2,7 @@
 
 Data. Every song becomes a `SongData`: its model inputs on the time grid of its MEAN curve ("mel"
 [T, F, M] per 0.5 s slice, "wave" [T, S] for waveform models, "global" [G] one embedding of the labelled
-span) and every listener's curve aligned to that grid ([T, 2], NaN where the listener has no value). A
+span, or [T, G] one per step: a test song under protocol "authors", `encoders.authors.embed_steps`) and every listener's curve aligned to that grid ([T, 2], NaN where the listener has no value). A
 training sample is an `Item` (song, listener, start, length): a window of `train.window` = 60 steps (30 s);
 a DEAM clip's 60 labels (15-45 s) are exactly one window, a longer song gives a random 60-step window,
 a shorter one is zero-padded with mask False. Listener "mean" is the MEAN curve.
@@ -32,7 +32,7 @@ class SongData:
 
     song_id: str
     times: np.ndarray  # [T] label times (s); step i covers audio [times[i], times[i] + 0.5)
-    inputs: dict[str, np.ndarray]  # "mel" [T, F, M], "wave" [T, S], "global" [G]
+    inputs: dict[str, np.ndarray]  # "mel" [T, F, M], "wave" [T, S], "global" [G] (or per step [T, G])
     labels: dict[str, np.ndarray]  # listener -> [T, 2] (arousal, valence), NaN where absent
 
     def span(self, listener: str) -> tuple[int, int]:
@@ -116,15 +116,21 @@ def window_starts(length: int, window: int, hop: int) -> list[int]:
 
 def make_batch(store: dict[str, SongData], items: list[Item], window: int, keys: tuple[str, ...],
                device: str | torch.device = "cpu") -> Batch:
-    """Stack items into a padded batch: the model inputs named by `keys`, "y" [B, W, 2] and "mask" [B, W]."""
+    """Stack items into a padded batch: the model inputs named by `keys`, "y" [B, W, 2] and "mask" [B, W].
+
+    "global" is [B, G]; [B, W, G] when a song of the batch has one per step (a per-song one then repeats)."""
     B = len(items)
     first = store[items[0].song_id]
+    per_step = "global" in keys and any(store[it.song_id].inputs["global"].ndim == 2 for it in items)
     out = {}
     for k in keys:
         if k == "mask":
             continue
         arr = first.inputs[k]
-        shape = (B, *arr.shape) if k == "global" else (B, window, *arr.shape[1:])
+        if k == "global":
+            shape = (B, window, arr.shape[-1]) if per_step else (B, *arr.shape)
+        else:
+            shape = (B, window, *arr.shape[1:])
         out[k] = np.zeros(shape, dtype=np.float32)
     y = np.zeros((B, window, 2), dtype=np.float32)
     mask = np.zeros((B, window), dtype=bool)
@@ -135,8 +141,10 @@ def make_batch(store: dict[str, SongData], items: list[Item], window: int, keys:
             raise ValueError(f"empty window {it}")
         s = slice(it.start, it.start + n)
         for k in out:
-            if k == "global":
+            if k == "global" and not per_step:
                 out[k][b] = sd.inputs[k]
+            elif k == "global" and sd.inputs[k].ndim == 1:
+                out[k][b, :n] = sd.inputs[k]
             else:
                 out[k][b, :n] = sd.inputs[k][s]
         y[b, :n] = sd.labels[it.listener][s]

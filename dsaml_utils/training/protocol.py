@@ -5,6 +5,15 @@ authors' public code, Littleor/Personalized-DMER, does around the same model).
 `rules(name)` says, point by point, what changes. The numbers are those of issue 11 ("Replication
 fidelity"); each line names the authors' file that holds the rule.
 
+ 4 ImageBind    models/image_bind.py and script/dataset.py (`encoders.authors`; imagebind encoder only): the
+                file's mono mix at 44.1 kHz goes to ImageBind unresampled, so its clips and Kaldi fbank run at
+                44.1 kHz (sample_frequency 44100: 1102-sample frames at a 441-sample shift, 198 per 2 s clip,
+                padded to 204; mel bins up to 22.05 kHz), clips spaced as pytorchvideo 0.1.5 does (their
+                requirements.txt), each a cache entry of its own. A training song's global covers
+                train.window / 2 s from its first label (15-45 s on DEAM), zero-padded; a test song's is one
+                embedding per step, of a 30 s window centred on the step's start, the audio at an end repeated
+                past it ([T, G], sliced with the step inputs). Built by `training.authors_store`; with encoder
+                "none" (the quick preset) or musicnn / vibenet this point changes nothing.
  5 flat curves  utils/DEAM/dataset.py `loading_personalized_data` reads arousal and valence apart and drops a
                 rater's curve of one dimension when the mean |x - mean(x)| of its first 60 values is below 0.01;
                 `load_data` keeps a (song, rater) pair only when both dimensions survive: a pair goes when
@@ -36,9 +45,8 @@ fidelity"); each line names the authors' file that holds the rule.
                 draws its songs on its own). learn2learn's `clone_module` clones only buffers that require
                 grad, so every task's clone shares the model's BatchNorm running statistics, which drift
                 through every forward of every task in turn (paper: per-task copies, averaged).
-Not covered yet: point 4 (the authors' 44.1 kHz ImageBind input and per-step test embeddings): both
-protocols use the same features. Validation-time adaptation keeps its own copy of the running statistics
-(learn2learn's would update the model's, which only matters for eval-mode use of the saved weights).
+Validation-time adaptation keeps its own copy of the running statistics (learn2learn's would update the
+model's, which only matters for eval-mode use of the saved weights).
 """
 
 from __future__ import annotations
@@ -69,6 +77,10 @@ PROTOCOLS = ("paper", "authors")
 class Rules:
     """What each difference of the module docstring does under one protocol (True: the authors' way)."""
 
+    imagebind_native_rate: bool  # 4: ImageBind fed the mono mix at 44.1 kHz (fbank at 44.1 kHz)
+    imagebind_clip_spacing: str  # 4: features.kaldi.CLIP_SPACINGS ("pytorchvideo-0.1.5": theirs)
+    window_excerpt: bool  # 4: a training song's global: train.window / 2 s from its first label, zero-padded
+    per_step_test_global: bool  # 4: a test song's global: one embedding per step, 30 s centred on it
     flat_either: bool  # 5: a curve is flat when either dimension is
     mean_task: bool  # 6: the mean curve is one more listener, in training and in the test pairs
     all_test_raters: bool  # 7: test raters filtered like training raters, seen ones included
@@ -80,7 +92,8 @@ class Rules:
     shared_stats: bool  # 12: BatchNorm running statistics shared across the tasks of a meta-step
 
 
-RULES = {"paper": Rules(*[False] * 9), "authors": Rules(*[True] * 9)}
+RULES = {"paper": Rules(False, "pinned", False, False, *[False] * 9),
+         "authors": Rules(True, "pytorchvideo-0.1.5", True, True, *[True] * 9)}
 """Protocol name -> its Rules."""
 
 AUTHORS_META_EVAL_EVERY = 10  # train.py: valid_every_epoch = 10 with MAML (1 without: every epoch)
@@ -89,9 +102,9 @@ AUTHORS_FIRST_BEST = 0.0  # train.py: max_average_score starts at 0.0
 AUTHORS_PAPER = {"train.batch_size": 15, "train.epochs": 2000}
 """utils/args.py defaults that the paper preset takes under `--protocol authors` (batch 15, 2000 epochs)."""
 
-REASON = ("the authors' code's protocol (training.protocol): their filters, mean-curve task, test raters, "
-          "stitched windows, train-mode scoring and model selection on the TEST split (leakage); not yet their "
-          "ImageBind input (44.1 kHz, per-step test embeddings: issue 11 point 4)")
+REASON = ("the authors' code's protocol (training.protocol): their ImageBind input (44.1 kHz mono, "
+          "pytorchvideo 0.1.5 clips, per-step test embeddings; encoder imagebind only), filters, mean-curve task, "
+          "test raters, stitched windows, train-mode scoring and model selection on the TEST split (leakage)")
 REASONS = {"train.batch_size": "the authors' batch of 15 (utils/args.py)",
            "train.epochs": "DMER runs 2000 epochs over the training loader (utils/args.py, train.py)"}
 """Why the authors' protocol changes a preset's field (config.deviations reads these)."""
@@ -154,8 +167,8 @@ def predict(model, sd: SongData, window: int, hop: int, params: dict | None, dev
 
 
 def song_part(sd: SongData, start: int, stop: int) -> SongData:
-    """Steps [start, stop) of a song as a song of its own (its global embedding kept)."""
-    inputs = {k: v if k == "global" else v[start:stop] for k, v in sd.inputs.items()}
+    """Steps [start, stop) of a song as a song of its own (a per-song global kept, a per-step one cut)."""
+    inputs = {k: v if k == "global" and v.ndim == 1 else v[start:stop] for k, v in sd.inputs.items()}
     return SongData(sd.song_id, sd.times[start:stop], inputs, {k: v[start:stop] for k, v in sd.labels.items()})
 
 

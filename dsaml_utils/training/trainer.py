@@ -82,6 +82,7 @@ from dsaml_utils.seeding import (
     torch_seed,
 )
 from dsaml_utils.training import protocol
+from dsaml_utils.training.authors_store import protocol_store
 from dsaml_utils.training.config import RunConfig, resolve_run
 from dsaml_utils.training.runs import (
     _sort_key,
@@ -98,7 +99,6 @@ from dsaml_utils.training.sampling import (
     sample_tasks,
     split_validation,
 )
-from dsaml_utils.training.store import build_store
 
 
 class Stop(Exception):
@@ -171,7 +171,8 @@ class Trainer:
         test_ids = list(self.ds.test_ids) if self.rules.select_on_test else []
         needed = sorted(set(self.fit_ids) | set(self.val_ids) | set(test_ids)
                         | {s for v in self.val_listener_songs.values() for s in v}, key=_sort_key)
-        self.store = build_store(self.ds, needed, cfg, self.model, cache, progress=self.progress)
+        self.store = protocol_store(self.ds, needed, cfg, self.model, cache, test_ids=self.ds.test_ids,
+                                    progress=self.progress)  # authors + imagebind: their embeddings (point 4)
         self._drop_missing()
 
         if cfg.maml:
