@@ -1,9 +1,9 @@
-"""Baseline DMER models (paper Tables 1-2 and seed 003).
+"""Baseline DMER models (paper Tables 1-2); seed 003's frame-feature models live in `frame_models`.
 
 None of the baselines has public code. Each class below is built from its paper's description; the
 docstring lists the facts used and what was assumed. All of them follow the project's forward
 interface: ``model(batch) -> {"pred": [B, T, 2], "aux_loss": 0-d tensor}``, with batch keys
-``"mel"`` [B, T, F, M], ``"wave"`` [B, T, S], ``"frames"`` [B, T, K] and ``"mask"`` [B, T] (True = a
+``"mel"`` [B, T, F, M], ``"wave"`` [B, T, S] and ``"mask"`` [B, T] (True = a
 real step; padding only at the end of a row). Every model is step-level: a per-slice encoder turns
 each 0.5 s slice into a vector, a recurrent layer runs over the 2 Hz steps, a linear head gives
 (arousal, valence). The recurrent layers (`BiRNN`) read only the real steps and per-slice encoders work
@@ -35,6 +35,7 @@ from dsaml_utils.models.layers import (
     require,
     step_mask,
 )
+from dsaml_utils.models.frame_models import FrameBiLSTM, FrameBiLSTMConfig, FrameCNNBiLSTM  # noqa: F401 (moved there)
 
 
 @dataclass
@@ -259,90 +260,10 @@ class DAMFF(nn.Module):
         return _output(self.head(self.drop(h)))
 
 
-@dataclass
-class FrameBiLSTMConfig(PresetConfig):
-    """Sizes of the seed-003 BiLSTM / CNN-BiLSTM on frame features."""
-
-    frames_dim: int = 260  # K: features per 0.5 s step (openSMILE set of DEAM/PMEmo: 260)
-    conv_channels: int = 64  # CNN-BiLSTM only: filters of each temporal conv layer
-    conv_kernel: int = 3  # CNN-BiLSTM only: temporal kernel (steps)
-    conv_layers: int = 2  # CNN-BiLSTM only: number of conv layers
-    lstm_hidden: int = 128  # BiLSTM hidden units per direction
-    dropout: float = 0.1  # dropout before the output layer
-
-    QUICK: ClassVar[dict] = {"conv_channels": 16, "lstm_hidden": 32}
-
-
-class FrameBiLSTM(nn.Module):
-    """BiLSTM on precomputed frame features (seed 003's BiLSTM ablation).
-
-    Seed facts used: a sequence model on openSMILE-style features per 0.5 s step with a BiLSTM; the
-    MATLAB sizes are not given, so the hidden size is assumed.
-    """
-
-    inputs: tuple[str, ...] = ("frames", "mask")
-    name = "bilstm"
-
-    def __init__(self, cfg: FrameBiLSTMConfig | None = None):
-        super().__init__()
-        self.cfg = cfg = cfg or FrameBiLSTMConfig()
-        self.rnn = BiRNN(self.rnn_input(), cfg.lstm_hidden)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(2 * cfg.lstm_hidden, 2)
-
-    def rnn_input(self) -> int:
-        """Size of the vectors the BiLSTM reads."""
-        return self.cfg.frames_dim
-
-    def encode(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, T, K] frame features -> [B, T, E] BiLSTM inputs."""
-        return frames
-
-    def forward(self, batch: dict) -> dict:
-        frames = require(batch, "frames", self.name, "[B, T, K] frame features")
-        _check_shape(frames, "frames", self.name, (self.cfg.frames_dim,))
-        mask = step_mask(batch, *frames.shape[:2], frames.device)
-        h = self.rnn(self.encode(frames, mask), mask)
-        return _output(self.head(self.drop(h)))
-
-
-class FrameCNNBiLSTM(FrameBiLSTM):
-    """Temporal 1-D CNN then BiLSTM on precomputed frame features (seed 003's CNN-BiLSTM).
-
-    Seed facts used: convolution over the feature sequence before the BiLSTM. Assumed: Conv1d over
-    time (kernel 3, "same" padding) + BatchNorm + ReLU, twice; padded steps are zeroed before each
-    conv so they add nothing to the real steps next to them.
-    """
-
-    name = "cnn_bilstm"
-
-    def __init__(self, cfg: FrameBiLSTMConfig | None = None):
-        cfg = cfg or FrameBiLSTMConfig()
-        super().__init__(cfg)
-        layers, cin = [], cfg.frames_dim
-        for _ in range(cfg.conv_layers):
-            layers.append(nn.Sequential(nn.Conv1d(cin, cfg.conv_channels, cfg.conv_kernel, padding=cfg.conv_kernel // 2),
-                                        nn.BatchNorm1d(cfg.conv_channels), nn.ReLU()))
-            cin = cfg.conv_channels
-        self.convs = nn.ModuleList(layers)
-
-    def rnn_input(self) -> int:
-        return self.cfg.conv_channels
-
-    def encode(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        keep = mask[:, None, :].to(frames.dtype)
-        h = frames.transpose(1, 2)
-        for conv in self.convs:
-            h = conv(h * keep)
-        return h.transpose(1, 2)
-
-
 BASELINES: dict[str, tuple[type[nn.Module], type]] = {
     "crnn": (CRNN, CRNNConfig),
     "dnn": (DNN, DNNConfig),
     "mcrnn": (MCRNN, MCRNNConfig),
     "damff": (DAMFF, DAMFFConfig),
-    "bilstm": (FrameBiLSTM, FrameBiLSTMConfig),
-    "cnn_bilstm": (FrameCNNBiLSTM, FrameBiLSTMConfig),
 }
 """Baseline name -> (model class, config class). ``dsaml_utils.model.MODELS`` adds "dsaml"."""

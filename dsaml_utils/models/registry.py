@@ -8,9 +8,12 @@ import torch.nn as nn
 from dsaml_utils.errors import UserError
 from dsaml_utils.models.baselines import BASELINES
 from dsaml_utils.models.dsaml import DSAML, DSAMLConfig
+from dsaml_utils.models.frame_attention import ATTENTION_MODELS
+from dsaml_utils.models.frame_models import FRAME_MODELS
 from dsaml_utils.models.layers import count_parameters
 
-MODELS: dict[str, tuple[type[nn.Module], type]] = {"dsaml": (DSAML, DSAMLConfig), **BASELINES}
+MODELS: dict[str, tuple[type[nn.Module], type]] = {"dsaml": (DSAML, DSAMLConfig), **BASELINES, **FRAME_MODELS,
+                                                   **ATTENTION_MODELS}
 """Model name -> (model class, config class); every config class has ``paper()`` and ``quick()``."""
 
 
