@@ -71,6 +71,34 @@ class SavedFigure(list):
         p.text(repr(self))
 
 
+def square_maps(rows: Mapping[str, Mapping[str, np.ndarray]], cmap: str, suptitle: str, diag: bool = False,
+                size: tuple[float, float] = (3.6, 3.3)) -> Figure:
+    """A grid of [T, T] heatmaps (query rows, key columns): one row per entry of `rows`, one column per inner
+    key, `size` inches per panel; non-finite entries (masked scores) are left blank; `diag` adds each
+    map's mean diagonal to its title."""
+    cols = list(next(iter(rows.values())).keys())
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(size[0] * len(cols), size[1] * len(rows)),
+                             squeeze=False)
+    for r, (rname, maps) in enumerate(rows.items()):
+        for c, cname in enumerate(cols):
+            a = np.asarray(maps[cname], dtype=float)
+            if a.ndim != 2 or a.shape[0] != a.shape[1]:
+                where = f"{rname}/{cname}" if rname else cname
+                raise ValueError(f"{where}: expected a square [T, T] map, got {a.shape}")
+            ax = axes[r, c]
+            im = ax.imshow(np.where(np.isfinite(a), a, np.nan), cmap=cmap, origin="upper", interpolation="nearest")
+            title = f"{cname}" if len(rows) == 1 else f"{rname}\n{cname}"
+            if diag:
+                title += f"  (mean diag {np.diag(a).mean():.3f})"
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("key step j")
+            ax.set_ylabel("query step i")
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(
     fig: Figure, name: str, figures_dir: str | Path, svg: bool = True, close: bool = False
 ) -> SavedFigure:

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from dsaml_utils.data.types import HOP_SECONDS
 from dsaml_utils.metrics import ccc, pcc, rmse
-from dsaml_utils.plots.base import stamp
+from dsaml_utils.plots.base import square_maps, stamp
 
 
 def plot_toy_curves(target: np.ndarray, preds: Mapping[str, np.ndarray],
@@ -40,16 +40,5 @@ def plot_attention_pieces(pieces: Mapping[str, np.ndarray], title: str,
     """[T, T] maps side by side (query rows, key columns); -inf entries (masked scores) are left blank."""
     if not pieces:
         raise ValueError("no maps to plot")
-    fig, axes = plt.subplots(1, len(pieces), figsize=(3.4 * len(pieces), 3.2), squeeze=False)
-    for ax, (name, a) in zip(axes[0], pieces.items()):
-        a = np.asarray(a, dtype=np.float64)
-        if a.ndim != 2 or a.shape[0] != a.shape[1]:
-            raise ValueError(f"{name}: expected a square [T, T] map, got {a.shape}")
-        im = ax.imshow(np.where(np.isfinite(a), a, np.nan), cmap="viridis", interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("key step j")
-        ax.set_ylabel("query step i")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig = square_maps({"": dict(pieces)}, cmap="viridis", suptitle=title, size=(3.4, 3.2))
     return stamp(fig, provenance)

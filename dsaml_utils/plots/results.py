@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from dsaml_utils.metrics import DIMENSIONS
-from dsaml_utils.plots.base import DIMS, stamp
+from dsaml_utils.plots.base import DIMS, square_maps, stamp
 
 
 def kshot_long(kshot: pd.DataFrame) -> pd.DataFrame:
@@ -32,35 +32,11 @@ def kshot_long(kshot: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _heatmaps(rows: Mapping[str, Mapping[str, np.ndarray]], cmap: str, diag: bool, suptitle: str) -> Figure:
-    """A grid of [T, T] heatmaps: one row per entry of `rows`, one column per inner key."""
-    cols = list(next(iter(rows.values())).keys())
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.6 * len(cols), 3.3 * len(rows)), squeeze=False)
-    for r, (rname, maps) in enumerate(rows.items()):
-        for c, cname in enumerate(cols):
-            a = np.asarray(maps[cname], dtype=float)
-            if a.ndim != 2 or a.shape[0] != a.shape[1]:
-                raise ValueError(f"{rname}/{cname}: expected a square [T, T] map, got {a.shape}")
-            ax = axes[r, c]
-            im = ax.imshow(a, cmap=cmap, origin="upper", interpolation="nearest")
-            title = f"{cname}" if len(rows) == 1 else f"{rname}\n{cname}"
-            if diag:
-                title += f"  (mean diag {np.diag(a).mean():.3f})"
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("key step j")
-            ax.set_ylabel("query step i")
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle(suptitle)
-    fig.tight_layout()
-    return fig
-
-
 def plot_band_masks(
     masks: Mapping[str, np.ndarray], provenance: Mapping[str, object] | None = None
 ) -> Figure:
     """The band masks M_n[i, j] = 1 iff |i - j| <= n, side by side (white = may attend)."""
-    fig = _heatmaps({"masks": dict(masks)}, cmap="Greys_r", diag=False,
-                    suptitle="Band masks of the dual-scale attention")
+    fig = square_maps({"masks": dict(masks)}, cmap="Greys_r", suptitle="Band masks of the dual-scale attention")
     return stamp(fig, provenance)
 
 
@@ -68,8 +44,8 @@ def plot_attention_maps(
     maps: Mapping[str, Mapping[str, np.ndarray]], provenance: Mapping[str, object] | None = None
 ) -> Figure:
     """Head- and batch-averaged last-layer attention, one row per model (Figure 4: local vs global)."""
-    fig = _heatmaps(maps, cmap="viridis", diag=True,
-                    suptitle="Attention maps of the last layer (rows: model, columns: scale)")
+    fig = square_maps(maps, cmap="viridis", diag=True,
+                      suptitle="Attention maps of the last layer (rows: model, columns: scale)")
     return stamp(fig, provenance)
 
 
