@@ -22,10 +22,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dsaml_utils.data.types import HOP_SECONDS
-from dsaml_utils.encoders.registry import GlobalEncoder
+from dsaml_utils.encoders.registry import GlobalEncoder, embedding_key
 from dsaml_utils.errors import DataError
 from dsaml_utils.features.cache import FeatureCache
-from dsaml_utils.io.provenance import audio_digest
 
 TEST_WINDOW_SECONDS = 30.0  # script/dataset.py: length_each_clip=30 for the test songs' "global"
 STEPS_PER_CALL = 20  # windows per ImageBind forward (theirs: 60 segments)
@@ -66,8 +65,7 @@ def step_window(wave: np.ndarray, step: int, sr: int) -> np.ndarray:
 
 
 def _key(encoder: GlobalEncoder, audio_path: Path, **rule) -> dict:
-    return {"audio": audio_digest(audio_path), "encoder": encoder.name, "weights": encoder.identity,
-            "sample_rate": encoder.sample_rate, "version": encoder.version, "protocol": "authors", **rule}
+    return embedding_key(encoder, audio_path, protocol="authors", **rule)
 
 
 def embed_padded(encoder: GlobalEncoder, audio_path: str | Path, cache: FeatureCache | None, start: float,

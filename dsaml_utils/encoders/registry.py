@@ -313,9 +313,15 @@ def embed_song(encoder: GlobalEncoder, audio_path: str | Path, cache: FeatureCac
 
     if cache is None:
         return compute()
-    key = {"audio": audio_digest(audio_path), "encoder": encoder.name, "weights": encoder.identity,
-           "sample_rate": encoder.sample_rate, "start": start, "duration": duration, "version": encoder.version}
-    return cache.get_or_compute("global", key, compute)
+    return cache.get_or_compute("global", embedding_key(encoder, audio_path, start=start, duration=duration),
+                                compute)
+
+
+def embedding_key(encoder: GlobalEncoder, audio_path: Path, **rule) -> dict:
+    """The feature-cache key of one embedding: the audio's content, the encoder (name, weights, input rate,
+    version) and `rule` (what part of the audio, and how)."""
+    return {"audio": audio_digest(audio_path), "encoder": encoder.name, "weights": encoder.identity,
+            "sample_rate": encoder.sample_rate, "version": encoder.version, **rule}
 
 
 def dataset_embeddings(encoder: GlobalEncoder, ds: MusicDataset, song_ids: list[str],
