@@ -18,6 +18,7 @@ ADAPT_KSHOT = 12  # torch seed of one k-shot adaptation (listener, draw)
 ADAPT_SAME_SONG = 13  # torch seed of one same-song adaptation (listener)
 ADAPT_VALIDATION = 14  # torch seed of one validation listener's adaptation
 ADAPT_PERSONAL = 15  # torch seed of `dsaml personalize`
+PERMUTE = 16  # one permutation of a feature group (evaluation.importance: repeat, group)
 # the synthetic dataset uses its own keys (song ids, listener ids) under its seed
 
 

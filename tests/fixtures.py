@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
+import torch
 
 DEAM_ANN = Path("DEAM_Annotations/annotations")
 DEAM_AVG = DEAM_ANN / "annotations averaged per song/dynamic (per second annotations)"
@@ -321,3 +323,14 @@ def corrupt_frames(path: Path, seed: int = 0) -> None:
     for i in range(len(data) // 4, 3 * len(data) // 4, 97):
         data[i] = int(rng.integers(256))
     Path(path).write_bytes(bytes(data))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread for each test of a module that imports this fixture: the models in tests are tiny,
+    one thread is faster and immune to other processes on the cores (and gives the same float sums as the
+    children that tests start with OMP_NUM_THREADS=1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -149,7 +149,7 @@ def test_workbook_plan_seeds():
     assert plan["personalization"] == plan["kshot"] == [5, 6, 7]
     assert all(plan[n] == [5] for n in plan if n not in ("personalization", "kshot"))
     assert set(plan) == set(WORKBOOK_PLAN) and set(plan) <= set(EXPERIMENTS)
-    assert set(workbook_plan(0, personalized=False)) == {"table1", "table3"}  # no PDMER without listeners
+    assert set(workbook_plan(0, personalized=False)) == {"table1", "table3", "features"}  # no PDMER without listeners
     assert workbook_seeds("kshot", 2) == [2, 3, 4] and workbook_seeds("table1", 2) == [2]
     with pytest.raises(UserError, match="unknown experiment"):
         workbook_seeds("table9")

@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from fixtures import one_thread  # noqa: F401 (an autouse fixture)
 
 from dsaml_utils.meta.batched import (
     meta_loss_batched,
@@ -26,14 +27,6 @@ from dsaml_utils.models.registry import example_batch
 
 K = 5  # input features per step
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is faster, and immune to other processes on the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class MLP(nn.Module):

@@ -40,9 +40,9 @@ EXPECTED = {
     "05_meta_training": {"figures": ["05_meta_training_curves", "05_personalization_gain"],
                          "tables": ["05_tasks", "table4", "personalization"]},
     "06_evaluation_tables": {
-        "figures": ["table1_dmer", "table4_pdmer_ablations", "06_kshot_curve"],
+        "figures": ["table1_dmer", "table4_pdmer_ablations", "06_kshot_curve", "features_dmer", "features_importance"],
         "tables": ["table1", "table1_paper", "table2", "table2_paper", "table3", "table3_paper", "table4",
-                   "table4_paper", "kshot", "order"],
+                   "table4_paper", "kshot", "order", "features", "features_importance"],
     },
     "07_attention_maps": {"figures": ["07_attention_maps"], "tables": ["07_attention_diagonals"]},
     "08_personalize_new_listener": {"figures": ["08_personalized_predictions"], "tables": ["08_listener_scores"]},

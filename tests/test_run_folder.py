@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures import one_thread  # noqa: F401 (an autouse fixture)
 import torch
 from test_train import TINY_SYNTH
 
@@ -50,13 +51,6 @@ raise SystemExit(main(sys.argv[4:]))
 """
 """A child `dsaml train` that writes `marker` and waits for `go` at a chosen point."""
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the children (OMP_NUM_THREADS=1): the same float sums, bit for bit
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import one_thread  # noqa: F401 (an autouse fixture)
 import torch
 
 import dsaml_utils.io.atomic as atomic_io
@@ -62,14 +63,6 @@ def tiny_root(tmp_path_factory):
 def tiny_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tiny_cache"))
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # several test processes share 2 cores: OpenMP threads spinning against each other are far slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_config(root, cache, mode="dmer", strategy=None, extra=()):

@@ -184,16 +184,19 @@ def align_rows(table: FrameTable, rows: np.ndarray, song_id: str, label_times: n
     return SongFrames(song_id, label_times[:n].copy(), values[match[:n]].astype(np.float32), list(table.names))
 
 
-def load_frame_features(ds: MusicDataset, root: str | Path | None = None,
-                        progress: bool = True) -> dict[str, SongFrames]:
+def load_frame_features(ds: MusicDataset, root: str | Path | None = None, progress: bool = True,
+                        song_ids: list[str] | None = None) -> dict[str, SongFrames]:
     """SongFrames per song of `ds` with features (module docstring); every problem is appended to ds.problems.
 
     root: where the features live (default ds.root). PMEmo ("pmemo") reads features/dynamic_features.csv,
     DEAM and synthetic roots read features/<song_id>.csv. No feature file at all raises DataError.
+    song_ids: only these songs (default every song with a MEAN curve; files of other songs are not reported).
     """
     root = Path(ds.root if root is None else root)
     problems = ds.problems
-    wanted = {sid: s.curves[MEAN].times for sid, s in ds.songs.items() if MEAN in s.curves}
+    only = None if song_ids is None else set(song_ids)
+    wanted = {sid: s.curves[MEAN].times for sid, s in ds.songs.items()
+              if MEAN in s.curves and (only is None or sid in only)}
     out: dict[str, SongFrames] = {}
     names: list[str] | None = None
 
@@ -218,8 +221,8 @@ def load_frame_features(ds: MusicDataset, root: str | Path | None = None,
                 add(table, groups[sid], sid)
             else:
                 problems.append(f"{path}: no rows for song {sid}; song skipped")
-        extra = sorted(set(groups) - set(wanted), key=int)
-        if extra:
+        extra = sorted(set(groups) - set(ds.songs), key=int)
+        if extra and only is None:
             problems.append(f"{path}: {len(extra)} songs without annotations (e.g. {extra[0]}); not used")
         return out
 
@@ -243,8 +246,8 @@ def load_frame_features(ds: MusicDataset, root: str | Path | None = None,
             problems.append(f"{path}: rows of song(s) {', '.join(sorted(groups))}, not {sid}; song skipped")
             continue
         add(table, groups[sid], sid)
-    extra = sorted(p.name for p in folder.glob("*.csv") if p.stem not in wanted)
-    if extra:
+    extra = sorted(p.name for p in folder.glob("*.csv") if p.stem not in ds.songs)
+    if extra and only is None:
         problems.append(f"{folder}: {len(extra)} feature files of songs without annotations (e.g. {extra[0]}); "
                         "not used")
     return out

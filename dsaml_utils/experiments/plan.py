@@ -37,14 +37,15 @@ from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.training.config import RunConfig
 
 WORKBOOK_PLAN: dict[str, int] = {"table1": 1, "table2": 1, "table3": 1, "table4": 1, "kshot": 3, "order": 1,
-                                 "personalization": 3}
+                                 "personalization": 3, "features": 1}
 """Experiment -> number of seeds (the session's seed, then +1, +2, ...) for each table the notebooks show."""
 
 NEEDS_LISTENERS = ("table2", "table4", "kshot", "order", "personalization")
 """Experiments with PDMER rows: left out of the plan for a dataset without listener identities."""
 
 MODEL_COST = {"dsaml": 1.0, "crnn": 0.5, "dnn": 1.5, "damff": 1.2, "mcrnn": 3.0}
-"""Seconds per update relative to DSAML (quick preset, CPU); only used to start the longest runs first."""
+"""Seconds per update relative to DSAML (quick preset, CPU); only used to start the longest runs first.
+Models not named (the frame-feature family) count 0.1: they read 260 numbers per step, not a log-mel slice."""
 
 
 def workbook_plan(seed: int = 0, personalized: bool = True) -> dict[str, list[int]]:
@@ -76,7 +77,8 @@ def plan_jobs(plan: dict[str, list[int]], base: RunConfig, out: str | Path) -> l
 def job_cost(cfg: RunConfig) -> float:
     """Rough relative cost of a run: updates x model x (MAML: 2, second order: 3)."""
     maml = (2.0 if cfg.meta.first_order else 3.0) if cfg.maml else 1.0
-    return cfg.train.steps * MODEL_COST.get(cfg.model, 1.0) * maml
+    frames = cfg.model_config.get("frontend") == "frames"
+    return cfg.train.steps * (0.1 if frames else MODEL_COST.get(cfg.model, 0.1)) * maml
 
 
 def schedule(jobs: list[Job]) -> list[Job]:

@@ -127,7 +127,7 @@ def run_experiment(name: str, base: RunConfig, seeds: list[int], out: str | Path
     elif part == "personalization":
         df = personalization_table(results)
     else:
-        df = results_table(results, part)
+        df = results_table(results, part, metrics=exp.get("metrics", ("ccc", "pcc", "rmse")))
         if part == "pdmer":
             extra = results_table(results, "pdmer_no_adaptation", metrics=("ccc",))
             df = df.join(extra[[f"{d}_ccc{s}" for d in DIMENSIONS for s in ("", "_std")]].add_suffix("_no_adaptation"))

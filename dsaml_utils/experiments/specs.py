@@ -16,6 +16,8 @@ Experiments (`EXPERIMENTS`):
   personalization  DSAML with MAML and personalized tasks vs the same model without personalization
                    (no MAML, mean labels): held-out listeners, with and without adaptation, both PDMER
                    protocols (support = another song of the listener / the first 30 s of the same song)
+  features         DMER on the dataset's openSMILE frame features (no audio read): seed 003's model family
+                   and DSAML on frames; scored with seed 004's Kendall tau, RMSE and R2 next to CCC and PCC
 
 In `personalization` and `kshot` the MAML row starts from the weights of the no-MAML row's run of the same
 seed (`RunSpec.init_from`): personalization is then an addition to the usual DMER model, and the
@@ -60,6 +62,17 @@ class RunSpec:
         return s
 
 
+FRAME_FAMILY = {"frame_cnn": "CNN", "bilstm": "BiLSTM", "cnn_bilstm": "CNN-BiLSTM",
+                "cnn_bilstm_temporal": "CNN-BiLSTM (temporal scale)", "cnn_bilstm_spatial": "CNN-BiLSTM (spatial scale)",
+                "rescnn_bilstm": "ResCNN-BiLSTM", "se_cnn_bilstm": "SE + spatial attention", "cbam_cnn_bilstm": "CBAM",
+                "wsam_cnn_bilstm": "WSAM", "dselfattention": "DSelfAttention"}
+"""Seed 003's models on frame features (models.frame_models, models.frame_attention) and their row labels."""
+
+DSAML_FRAMES = RunSpec("DSAML (frames)", "dmer", "traditional", "dsaml",
+                       overrides={"model_config.frontend": "frames", "encoder": "none"})
+"""DSAML with a Linear front end on the frame features and no global encoder (nothing reads the audio)."""
+
+
 def _dsaml_pair(model: str, label: str) -> list[RunSpec]:
     return [RunSpec(f"{label}†", "pdmer", "personalized", model), RunSpec(label, "dmer", "traditional", model)]
 
@@ -99,5 +112,8 @@ EXPERIMENTS: dict[str, dict] = {
                         "specs": [RunSpec("DSAML (MAML, personalized tasks)", "pdmer", "personalized",
                                           init_from="DSAML w/o personalization (no MAML, mean labels)"),
                                   RunSpec("DSAML w/o personalization (no MAML, mean labels)", "dmer", "traditional")]},
+    "features": {"title": "DMER on frame features (openSMILE, 260 per 0.5 s step; test songs, mean labels)",
+                 "part": "dmer", "metrics": ("ccc", "pcc", "kendall_tau", "rmse", "r2"),
+                 "specs": [RunSpec(v, "dmer", "traditional", k) for k, v in FRAME_FAMILY.items()] + [DSAML_FRAMES]},
 }
-"""Name -> {"title", "part" (what the table shows), "specs"}."""
+"""Name -> {"title", "part" (what the table shows), "specs", optionally "metrics" (the table's columns)}."""

@@ -191,3 +191,19 @@ def synthesize(out: str | Path, cfg: SynthConfig | None = None, overwrite: bool 
 
     summary = generate(out, cfg, overwrite=overwrite, song_hook=hook if features else None)
     return summary, round(sum(spent), 2)
+
+
+def has_features(dataset: str, root: str | Path) -> bool:
+    """Whether `root` holds frame features in its layout (PMEmo's long file, or a DEAM features folder)."""
+    root = Path(root)
+    if dataset == "pmemo":
+        return (root / PMEMO_FEATURE_FILE).is_file()
+    return any((root / d).is_dir() for d in DEAM_FEATURE_DIRS)
+
+
+def ensure_features(dataset: str, root: str | Path, workers: int = 2, progress: bool = True) -> FeatureReport | None:
+    """Compute the frame features of a root that has none (`write_features`); None when it has some already
+    (the files a dataset ships, or an earlier `dsaml features`, are used as they are)."""
+    if has_features(dataset, root):
+        return None
+    return write_features(dataset, root, workers=workers, progress=progress)

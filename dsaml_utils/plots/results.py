@@ -218,3 +218,25 @@ def plot_curve_png(path: Path, times: np.ndarray, pred: np.ndarray, title: str,
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_importance(df: pd.DataFrame, top: int = 15, provenance: Mapping[str, object] | None = None,
+                    title: str = "Permutation importance") -> Figure:
+    """Horizontal bars: the drop in CCC per descriptor (evaluation.importance), one panel per dimension,
+    the `top` descriptors of each panel, with the std over repeats as error bars."""
+    cols = [f"{d}_drop" for d in DIMENSIONS]
+    missing = [c for c in cols + [f"{c}_std" for c in cols] if c not in df.columns]
+    if missing:
+        raise ValueError(f"columns {missing} not in table (has {list(df.columns)})")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.28 * top + 1.6))
+    for ax, d, color in zip(axes, DIMENSIONS, ("tab:red", "tab:blue")):
+        part = df.sort_values(f"{d}_drop", ascending=False).head(top)[::-1]
+        ys = np.arange(len(part))
+        ax.barh(ys, part[f"{d}_drop"], xerr=part[f"{d}_drop_std"], color=color, alpha=0.8)
+        ax.set_yticks(ys, part.index.astype(str), fontsize=7)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel(f"drop in {d} CCC when shuffled")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return stamp(fig, provenance)

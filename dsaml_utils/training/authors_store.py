@@ -28,15 +28,16 @@ def authors_global(cfg: RunConfig, protocol: str | None = None) -> bool:
 
 def protocol_store(ds: MusicDataset, song_ids: list[str], cfg: RunConfig, model: nn.Module,
                    cache: FeatureCache | None = None, protocol: str | None = None,
-                   test_ids: Collection[str] = (), progress: bool = True) -> dict[str, SongData]:
+                   test_ids: Collection[str] = (), progress: bool = True,
+                   fit_ids: list[str] | None = None) -> dict[str, SongData]:
     """SongData for each song as `protocol` (None: the run's) builds it; songs in `test_ids` are test songs.
 
     Paper, or any encoder but imagebind: `build_store` unchanged. Authors with imagebind: the encoder reads
     the file the authors' way; a test song gets one global per step (`embed_steps`), any other song the
-    zero-padded train.window / 2 s from its first label (`embed_padded`)."""
+    zero-padded train.window / 2 s from its first label (`embed_padded`). fit_ids: see `build_store`."""
     keys = set(getattr(model, "inputs", ("mel", "mask")))
     if "global" not in keys or "frames" in keys or not authors_global(cfg, protocol):
-        return build_store(ds, song_ids, cfg, model, cache, progress=progress)
+        return build_store(ds, song_ids, cfg, model, cache, progress=progress, fit_ids=fit_ids)
     r = rules(protocol or cfg.protocol)
     cache = cache or FeatureCache(cfg.cache_dir)
     encoder = get_encoder("imagebind", cfg.encoder_checkpoint, str(resolve_device(cfg.train.device)),

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from dsaml_utils.errors import RunConflict, UserError
+from dsaml_utils.features.frame_inputs import FrameNorm
 from dsaml_utils.io.atomic import load_checkpoint
 from dsaml_utils.models.registry import build_model
 from dsaml_utils.training.config import RunConfig
@@ -22,6 +23,10 @@ def load_run_model(run: str | Path, device: str | torch.device = "cpu", which: s
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:
         raise UserError(f"{run / f'{which}.pt'}: weights do not fit model {cfg.model!r} ({exc})") from None
+    if "frames" in getattr(model, "inputs", ()):
+        if "frame_norm" not in state:
+            raise UserError(f"{run / f'{which}.pt'}: a model on frame features without its normalisation statistics")
+        model.frame_norm = FrameNorm.from_dict(state["frame_norm"])
     return cfg, model.to(device).eval()
 
 

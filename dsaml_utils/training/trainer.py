@@ -46,12 +46,9 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,7 +57,7 @@ from tqdm.auto import tqdm
 
 from dsaml_utils.data.registry import data_fingerprint, load_dataset
 from dsaml_utils.data.types import MEAN, MusicDataset
-from dsaml_utils.errors import Interrupted, UserError
+from dsaml_utils.errors import Interrupted, RunConflict, UserError
 from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.features.songs import make_batch, random_item, score_listener_song
 from dsaml_utils.io.atomic import atomic_write_text, load_checkpoint, save_checkpoint
@@ -99,6 +96,7 @@ from dsaml_utils.training.sampling import (
     sample_tasks,
     split_validation,
 )
+from dsaml_utils.training.signals import StopRequest
 
 
 class Stop(Exception):
@@ -122,7 +120,7 @@ class Trainer:
         self.cfg, self.out, self.progress = cfg, Path(out), progress and self.main
         self.device = meta_dist.local_device(resolve_device(cfg.train.device))
         self.out.mkdir(parents=True, exist_ok=True)
-        self._lock, self._locked, self._signal = FolderLock(self.out), False, None
+        self._lock, self._locked, self._stop = FolderLock(self.out), False, StopRequest()
         self._lock_folder()
         try:
             self._setup(ds, cache)
@@ -172,7 +170,7 @@ class Trainer:
         needed = sorted(set(self.fit_ids) | set(self.val_ids) | set(test_ids)
                         | {s for v in self.val_listener_songs.values() for s in v}, key=_sort_key)
         self.store = protocol_store(self.ds, needed, cfg, self.model, cache, test_ids=self.ds.test_ids,
-                                    progress=self.progress)  # authors + imagebind: their embeddings (point 4)
+                                    progress=self.progress, fit_ids=self.fit_ids)  # frames: normalised on fit_ids  # authors + imagebind: their embeddings (point 4)
         self._drop_missing()
 
         if cfg.maml:
@@ -265,10 +263,14 @@ class Trainer:
             "pending_losses": torch.tensor(self._losses, dtype=torch.float64),
             "data_fingerprint": self.data_fingerprint,
             "data_root": self.data_root,
+            **self._frame_norm(),
         }
 
     def load_state(self, state: dict) -> None:
         """Restore a state written by `state()`."""
+        if self._frame_norm() and state.get("frame_norm") != self._frame_norm()["frame_norm"]:
+            raise RunConflict(f"{self.out / 'checkpoint.pt'}: the frame features' normalisation differs from the one "
+                              "the run started with (feature files changed?); restore them, or use another --out")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
@@ -284,6 +286,11 @@ class Trainer:
             return
         save_checkpoint(self.out / "checkpoint.pt", self.state())
         atomic_write_text(self.out / "history.json", json.dumps(self.history, indent=1) + "\n")
+
+    def _frame_norm(self) -> dict:
+        """{"frame_norm": the statistics} for a model on frame features (they travel with its weights), else {}."""
+        norm = getattr(self.model, "frame_norm", None)
+        return {} if norm is None else {"frame_norm": norm.to_dict()}
 
     # ---- one update
 
@@ -364,7 +371,7 @@ class Trainer:
         if not self._locked:
             self._lock_folder()
         try:
-            with self._stop_on_signals():
+            with self._stop.catching():
                 return self._run(max_steps_this_call, callback)
         finally:
             self._unlock()
@@ -401,41 +408,16 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.3f}", best=f"{self.best['score']:.3f}")
                 if callback is not None:
                     callback(self)
-                if self._signalled():  # a consistent point: the update and its validation are done
+                if self._stop.asked():  # a consistent point: the update and its validation are done
                     if not saved:
                         self.save()
                     raise self._interrupted()
         finally:
             bar.close()
         summary = self.finish()
-        if self._signalled():  # during the last step's writes: the run is complete, but stop as asked
+        if self._stop.asked():  # during the last step's writes: the run is complete, but stop as asked
             raise self._interrupted()
         return summary
-
-    @contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """While training, SIGINT and SIGTERM ask the loop to stop at the next consistent point (a second one
-        raises KeyboardInterrupt at once); the previous handlers come back afterwards (main thread only)."""
-        self._signal = None
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def ask(signum, frame):
-            if self._signal is not None:
-                raise KeyboardInterrupt
-            self._signal = signum
-
-        old = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-
-    def _signalled(self) -> bool:
-        """Whether a stop was asked (torchrun: on rank 0, so that every rank stops after the same step)."""
-        return bool(meta_dist.broadcast_object(self._signal is not None))
 
     def _interrupted(self) -> Interrupted:
         """The error that ends an interrupted run (its checkpoint is saved)."""
@@ -450,7 +432,7 @@ class Trainer:
             self.best = {"score": float(score), "step": self.step}
             if self.main:  # torchrun: rank 0 writes
                 save_checkpoint(self.out / "best.pt", {"model": self.model.state_dict(), "step": self.step,
-                                                       "val_score": float(score)})
+                                                       "val_score": float(score), **self._frame_norm()})
 
     def finish(self) -> dict:
         """Write model.pt (the selected weights) and train_summary.json (torchrun: rank 0; all get its summary)."""
@@ -461,7 +443,8 @@ class Trainer:
         use_best = self.cfg.train.select == "best" and (self.out / "best.pt").is_file()
         weights = load_checkpoint(self.out / "best.pt", self.device)["model"] if use_best else self.model.state_dict()
         save_checkpoint(self.out / "model.pt", {"model": weights, "step": self.best["step"] if use_best else self.step,
-                                                "data_fingerprint": self.data_fingerprint, "data_root": self.data_root})
+                                                "data_fingerprint": self.data_fingerprint, "data_root": self.data_root,
+                                                **self._frame_norm()})
         summary = {
             "complete": True,
             "steps": self.step,

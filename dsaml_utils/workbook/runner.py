@@ -52,6 +52,7 @@ from dsaml_utils.data import synthetic
 from dsaml_utils.data.registry import load_dataset
 from dsaml_utils.errors import DataError, UserError
 from dsaml_utils.experiments.plan import train_plan, workbook_plan
+from dsaml_utils.features.frame_files import ensure_features
 from dsaml_utils.training.config import PRESETS, RunConfig
 from dsaml_utils.training.config import preset as preset_config
 
@@ -178,6 +179,8 @@ def pretrain(params: WorkbookParams, notebooks: list[Path], jobs: int, progress:
     if wanted and jobs > 0:
         ds = load_dataset(params.dataset, params.root)
         plan = {k: v for k, v in workbook_plan(params.seed, bool(ds.listeners())).items() if k in wanted}
+        if "features" in plan and ensure_features(params.dataset, params.root, workers=jobs) is not None:
+            print(f"dsaml workbook: computed the frame features of {params.root} (openSMILE)", file=sys.stderr)
         print(f"dsaml workbook: training the notebooks' runs, {jobs} at a time: "
               + ", ".join(f"{k} (seed {','.join(map(str, v))})" for k, v in plan.items()), file=sys.stderr)
         runs = train_plan(plan, run_config(params), Path(params.run_dir) / "runs", workers=jobs,

@@ -27,6 +27,7 @@ from dsaml_utils.experiments.plan import workbook_seeds
 from dsaml_utils.experiments.runner import run_experiment, run_specs, spec_jobs
 from dsaml_utils.experiments.specs import EXPERIMENTS
 from dsaml_utils.features.cache import FeatureCache
+from dsaml_utils.features.frame_files import ensure_features
 from dsaml_utils.plots.base import (
     SavedFigure,
     save_figure,
@@ -111,6 +112,8 @@ class Session:
         """experiments.run_experiment(name) with this session's config over the experiment's seeds (`seeds`):
         trains (or reuses: `dsaml workbook` trains them all first) its runs under <run_dir>/runs, writes the
         table (mean ± std over seeds) into the tables directory; returns (table, results, paths)."""
+        if name == "features":  # frame features are computed once from the audio when the root has none
+            ensure_features(self.dataset_name, self.root, progress=progress)
         with notebook_hints():
             return run_experiment(name, self.run_config(), self.seeds(name), self.run_dir / "runs",
                                   self.tables_dir, progress=progress, ds=self.dataset())
