@@ -230,3 +230,39 @@ def test_plot_importance_shows_the_top_descriptors_per_dimension():
     assert [t.get_text() for t in right.get_yticklabels()] == ["c", "b"]
     with pytest.raises(ValueError, match="valence_drop"):
         plot_importance(df.drop(columns=["valence_drop"]))
+
+
+def test_a_listeners_own_audio_gets_its_features_from_the_audio(synth, tmp_path):
+    from dsaml_utils.data.types import Curve, Song
+    from dsaml_utils.data.types import MusicDataset as Dataset
+    from dsaml_utils.features.frame_inputs import audio_frames
+    ds = load_dataset("synthetic", synth)
+    sid = ds.test_ids[0]
+    song = ds.songs[sid]
+    times = song.curves["mean"].times
+    own = Dataset("personal", tmp_path, {"x": Song("x", song.audio_path, {"mean": Curve(times, 0 * times, 0 * times)})},
+                  [], [], ds.value_range)
+    names = load_frame_features(ds, song_ids=[sid], progress=False)[sid].names
+    got = audio_frames(own, ["x"], names)["x"]
+    np.testing.assert_array_equal(got.times, times)
+    np.testing.assert_allclose(got.values, load_frame_features(ds, song_ids=[sid], progress=False)[sid].values,
+                               rtol=1e-5, atol=1e-6)  # the file holds the same numbers, printed
+    with pytest.raises(UserError, match="IS13 set does not give"):
+        audio_frames(own, ["x"], ["a", "b"])
+
+
+def test_personalize_a_frame_model_from_audio(synth, tmp_path):
+    run = tmp_path / "run"
+    rc, out = run_cli(["train", "--dataset", "synthetic", "--root", str(synth), "--model", "bilstm", "--mode", "dmer",
+                       "--out", str(run), "--cache", str(tmp_path / "cache")] + RUN)
+    assert rc == 0, out
+    ds = load_dataset("synthetic", synth)
+    support, other = ds.songs[ds.train_ids[0]], ds.songs[ds.test_ids[0]]
+    curve = tmp_path / "me.csv"
+    c = support.curves["mean"]
+    curve.write_text("time,arousal,valence\n" + "".join(f"{t:g},{a:.4f},{v:.4f}\n" for t, a, v in
+                                                           zip(c.times, c.arousal, c.valence)))
+    rc, out = run_cli(["personalize", "--run", str(run), "--support", str(support.audio_path), str(curve),
+                       "--predict", str(other.audio_path), "--out", str(tmp_path / "me")])
+    assert rc == 0, out
+    assert (tmp_path / "me" / "personal.pt").is_file() and list((tmp_path / "me").glob("*.csv"))

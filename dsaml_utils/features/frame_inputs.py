@@ -7,6 +7,10 @@ A model that reads "frames" (seed 003's family, DSAML with ``frontend="frames"``
 1e3 Hz), so every column is standardised: (x - mean) / std over all steps of the run's training songs. The
 test songs never contribute: their statistics would leak the test split into the input. A constant column
 (std 0) keeps std 1, i.e. it is only centred.
+
+A listener's own audio (`dsaml personalize`, notebook 09: a dataset named "personal") has no feature files:
+its features are computed from the audio with ``features.opensmile`` in the column order the run was
+trained on (DEAM's or PMEmo's), then aligned like a file's rows.
 """
 
 from __future__ import annotations
@@ -15,10 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsaml_utils.data.frames import SongFrames, load_frame_features
-from dsaml_utils.data.types import MusicDataset
+from dsaml_utils.data.frames import FrameTable, SongFrames, align_rows, load_frame_features
+from dsaml_utils.data.types import MEAN, MusicDataset
 from dsaml_utils.errors import DataError, UserError
+from dsaml_utils.features.opensmile import deam_columns, deam_values, pmemo_columns, pmemo_values, song_summary
 from dsaml_utils.features.songs import SongData, align_curve
+
+PERSONAL = "personal"
+"""Name of the datasets built from a listener's own audio files (features computed from the audio)."""
 
 MIN_STD = 1e-8
 """Below this a column counts as constant (std replaced by 1)."""
@@ -70,7 +78,8 @@ def frame_store(ds: MusicDataset, song_ids: list[str], norm: FrameNorm | None, f
                         "training.runs.load_run_model from its run folder")
     wanted = sorted(set(song_ids) | set(fit_ids or ()))
     try:
-        frames = load_frame_features(ds, song_ids=wanted, progress=progress)
+        frames = (audio_frames(ds, wanted, norm.names) if ds.name == PERSONAL and norm is not None
+                  else load_frame_features(ds, song_ids=wanted, progress=progress))
     except DataError as exc:
         raise UserError(str(exc)) from None
     if fit_ids is not None:
@@ -91,3 +100,30 @@ def frame_store(ds: MusicDataset, song_ids: list[str], norm: FrameNorm | None, f
         labels = {lst: align_curve(c, sf.times) for lst, c in ds.songs[sid].curves.items()}
         store[sid] = SongData(sid, sf.times.copy(), {"frames": norm.apply(sf.values)}, labels)
     return store, norm
+
+
+def audio_frames(ds: MusicDataset, song_ids: list[str], names: list[str]) -> dict[str, SongFrames]:
+    """Frame features computed from each song's audio, columns in `names`' layout (DEAM's or PMEmo's), on the
+    song's MEAN label times; a song whose audio fails is reported in ds.problems and skipped."""
+    out = {}
+    for sid in song_ids:
+        song = ds.songs[sid]
+        if song.audio_path is None or MEAN not in song.curves:
+            ds.problems.append(f"song {sid}: no audio to compute its frame features from; skipped")
+            continue
+        try:
+            summary = song_summary(song.audio_path)
+        except DataError as exc:
+            ds.problems.append(f"song {sid} skipped: {exc}")
+            continue
+        layouts = {tuple(deam_columns(summary.names)[1:]): deam_values,
+                   tuple(pmemo_columns(summary.names)[2:]): pmemo_values}
+        if tuple(names) not in layouts:
+            raise UserError(f"{song.audio_path}: the model was trained on {len(names)} frame features (first "
+                            f"{names[0]!r}) that openSMILE's IS13 set does not give; it cannot read this audio")
+        values = layouts[tuple(names)](summary)
+        table = FrameTable(song.audio_path, list(names), None, summary.times, values, np.arange(len(values)))
+        frames = align_rows(table, np.arange(len(values)), sid, song.curves[MEAN].times, ds.problems)
+        if frames is not None:
+            out[sid] = frames
+    return out
