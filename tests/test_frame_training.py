@@ -266,3 +266,20 @@ def test_personalize_a_frame_model_from_audio(synth, tmp_path):
                        "--predict", str(other.audio_path), "--out", str(tmp_path / "me")])
     assert rc == 0, out
     assert (tmp_path / "me" / "personal.pt").is_file() and list((tmp_path / "me").glob("*.csv"))
+
+
+def test_evaluate_prints_seed_004s_metrics_when_asked(tmp_path):
+    fx = write_pmemo_fixture(tmp_path / "pmemo")
+    run = tmp_path / "run"
+    rc, out = run_cli(["train", "--dataset", "pmemo", "--root", str(fx.root), "--model", "frame_cnn", "--mode", "dmer",
+                       "--out", str(run), "--set", "model_config.frames_dim=4"] + RUN)
+    assert rc == 0, out
+    rc, out = run_cli(["evaluate", "--run", str(run), "--metrics", "ccc,pcc,kendall_tau,rmse,r2"])
+    assert rc == 0, out
+    header = next(line for line in out.splitlines() if "arousal_ccc" in line).split()
+    assert header == [f"{d}_{m}" for d in ("arousal", "valence") for m in ("ccc", "pcc", "kendall_tau", "rmse", "r2")]
+    m = json.loads((run / "metrics.json").read_text())["dmer"]["summary"]
+    row = next(line for line in out.splitlines() if line.startswith("DMER"))
+    assert f"{m['valence_r2']['mean']:.3f}" in row and f"{m['arousal_kendall_tau']['mean']:.3f}" in row
+    rc, out = run_cli(["evaluate", "--run", str(run), "--metrics", "ccc,tau"])
+    assert rc != 0 and "--metrics 'ccc,tau'" in out

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from dsaml_utils.evaluation.report import format_metrics
+from dsaml_utils.errors import UserError
+from dsaml_utils.evaluation.report import HEADLINE_METRICS, format_metrics
 from dsaml_utils.evaluation.results import combine_runs, jsonable
 from dsaml_utils.evaluation.run import evaluate_run
 from dsaml_utils.experiments.personalize import personalize_files
+from dsaml_utils.metrics import METRICS
 from dsaml_utils.training.protocol import PROTOCOLS
 
 
 def _cli_evaluate(args: argparse.Namespace) -> int:
+    shown = _metrics(args.metrics)  # a bad name is refused before anything is computed
     results = [evaluate_run(r, progress=not (args.quiet or args.json), reuse=args.reuse, protocol=args.protocol)
                for r in args.run]
     if args.json:
@@ -22,8 +25,17 @@ def _cli_evaluate(args: argparse.Namespace) -> int:
             payload = {"runs": [m.run for m in results], "combined": combine_runs(results, args.k)}
         print(json.dumps(jsonable(payload), indent=1, allow_nan=False))
     else:
-        print(format_metrics(results if len(results) > 1 else results[0], args.k))
+        print(format_metrics(results if len(results) > 1 else results[0], args.k, shown))
     return 0
+
+
+def _metrics(text: str) -> tuple[str, ...]:
+    """--metrics "ccc,pcc,kendall_tau" -> the names, each one of metrics.METRICS."""
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in names if m not in METRICS]
+    if bad or not names:
+        raise UserError(f"--metrics {text!r}: choose from {', '.join(METRICS)} (comma-separated)")
+    return names
 
 
 def _cli_personalize(args: argparse.Namespace) -> int:
@@ -47,6 +59,10 @@ def register(subparsers) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS,
                    help="score under this protocol (default: each run's own, into metrics.json); the other one "
                         "writes metrics-<protocol>.json")
+    p.add_argument("--metrics", default=",".join(HEADLINE_METRICS),
+                   help="columns of the printed table, comma-separated, from " + ", ".join(METRICS)
+                        + f" (default {','.join(HEADLINE_METRICS)}; seed 004's PMEmo protocol: "
+                          "ccc,pcc,kendall_tau,rmse,r2); metrics.json always holds all of them")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cli_evaluate)
 
