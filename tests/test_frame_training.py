@@ -59,6 +59,14 @@ def synth(tmp_path_factory):
     return root
 
 
+def shift_first_feature(path) -> None:
+    """Move the first feature of every row of a DEAM-layout feature file by 1000."""
+    lines = path.read_text().splitlines()
+    rows = [c.split(";") for c in lines[1:]]
+    rows = [[c[0], str(float(c[1]) + 1000.0), *c[2:]] for c in rows]
+    path.write_text("\n".join([lines[0], *(";".join(c) for c in rows)]) + "\n")
+
+
 def config(root, cache, model="cnn_bilstm", mode="dmer", extra=()):
     cfg = preset("quick", root=str(root), cache_dir=str(cache))
     cfg.mode, cfg.model, cfg.strategy = mode, model, None
@@ -123,17 +131,29 @@ def test_normalisation_comes_from_the_training_songs_and_travels_with_the_run(sy
                                atol=1e-5)
 
 
+def test_finished_run_on_changed_feature_files_is_refused(synth, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(synth, root)
+    cfg = config(root, tmp_path / "cache")
+    train(cfg, tmp_path / "run", progress=False)
+    first = evaluate_run(tmp_path / "run", progress=False)
+    assert evaluate_run(tmp_path / "run", progress=False, reuse=True).created == first.created  # reused
+    path = root / "features" / f"{load_dataset('synthetic', root).test_ids[0]}.csv"
+    shift_first_feature(path)  # a test song's features change
+    again = evaluate_run(tmp_path / "run", progress=False, reuse=True)
+    assert again.data.fingerprint != first.data.fingerprint  # recomputed, not the stale file
+    with pytest.raises(RunConflict, match="was trained on other data"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
 def test_resuming_on_changed_feature_files_is_refused(synth, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(synth, root)
     cfg = config(root, tmp_path / "cache")
     Trainer(cfg, tmp_path / "run", progress=False).run(max_steps_this_call=2)
-    for path in (root / "features").glob("*.csv"):  # every song's first feature, every row, moved by 1000
-        lines = path.read_text().splitlines()
-        rows = [c.split(";") for c in lines[1:]]
-        rows = [[c[0], str(float(c[1]) + 1000.0), *c[2:]] for c in rows]
-        path.write_text("\n".join([lines[0], *(";".join(c) for c in rows)]) + "\n")
-    with pytest.raises(RunConflict, match="normalisation differs"):
+    for path in (root / "features").glob("*.csv"):
+        shift_first_feature(path)
+    with pytest.raises(RunConflict, match="was trained on other data"):  # the feature files are in its fingerprint
         Trainer(cfg, tmp_path / "run", progress=False).run()
 
 

@@ -184,6 +184,15 @@ def align_rows(table: FrameTable, rows: np.ndarray, song_id: str, label_times: n
     return SongFrames(song_id, label_times[:n].copy(), values[match[:n]].astype(np.float32), list(table.names))
 
 
+def feature_files(ds: MusicDataset, root: str | Path | None = None) -> list[Path]:
+    """The frame feature files `load_frame_features` reads for `ds` (sorted; [] when there are none)."""
+    root = Path(ds.root if root is None else root)
+    if ds.name == "pmemo":
+        return [root / PMEMO_FEATURE_FILE] if (root / PMEMO_FEATURE_FILE).is_file() else []
+    folder = next((root / d for d in DEAM_FEATURE_DIRS if (root / d).is_dir()), None)
+    return sorted(folder.glob("*.csv")) if folder is not None else []
+
+
 def load_frame_features(ds: MusicDataset, root: str | Path | None = None, progress: bool = True,
                         song_ids: list[str] | None = None) -> dict[str, SongFrames]:
     """SongFrames per song of `ds` with features (module docstring); every problem is appended to ds.problems.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dsaml_utils.data.registry import data_fingerprint, load_dataset
+from dsaml_utils.data.registry import load_dataset
 from dsaml_utils.data.types import MusicDataset
 from dsaml_utils.errors import UserError
 from dsaml_utils.evaluation.protocols import evaluate_dmer, evaluate_pdmer
@@ -33,7 +33,7 @@ from dsaml_utils.runtime import keep_freed_memory
 from dsaml_utils.training.authors_store import protocol_store
 from dsaml_utils.training.config import RunConfig
 from dsaml_utils.training.protocol import rules, warn_leakage
-from dsaml_utils.training.runs import load_run_model
+from dsaml_utils.training.runs import load_run_model, run_fingerprint
 
 
 def metrics_name(cfg: RunConfig, protocol: str | None = None) -> str:
@@ -63,7 +63,7 @@ def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: Feat
     if (old is not None and old.model_digest == model_digest and _stored_settings(old) == cfg.settings()
             and old.protocol_name == protocol):
         ds = ds if ds is not None else load_dataset(cfg.dataset, cfg.root)
-        if old.data.fingerprint == data_fingerprint(ds):
+        if old.data.fingerprint == run_fingerprint(ds, cfg):
             return old
     keep_freed_memory()  # see dsaml_utils.runtime
     t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: Feat
     train_ids = [s for s in ds.train_ids if s not in test]
     store = protocol_store(ds, list(ds.test_ids), cfg, model, cache, protocol, ds.test_ids, progress)
     torch.manual_seed(cfg.train.seed)
-    data = DataInfo(cfg.dataset, str(cfg.root), data_fingerprint(ds), len(train_ids), len(ds.test_ids), len(store))
+    data = DataInfo(cfg.dataset, str(cfg.root), run_fingerprint(ds, cfg), len(train_ids), len(ds.test_ids), len(store))
     version = code_version()
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     train_summary = json_data(_read_json(run / "train_summary.json"))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from dsaml_utils.data.registry import data_fingerprint
 from dsaml_utils.errors import RunConflict, UserError
 from dsaml_utils.features.frame_inputs import FrameNorm
 from dsaml_utils.io.atomic import load_checkpoint
@@ -28,6 +29,17 @@ def load_run_model(run: str | Path, device: str | torch.device = "cpu", which: s
             raise UserError(f"{run / f'{which}.pt'}: a model on frame features without its normalisation statistics")
         model.frame_norm = FrameNorm.from_dict(state["frame_norm"])
     return cfg, model.to(device).eval()
+
+
+def reads_frames(cfg: RunConfig) -> bool:
+    """Whether the run's model reads frame features (built on the meta device: no weights are made)."""
+    with torch.device("meta"):
+        return "frames" in getattr(build_model(cfg.model, cfg.model_size, **cfg.model_overrides()), "inputs", ())
+
+
+def run_fingerprint(ds, cfg: RunConfig) -> str:
+    """data_fingerprint of what the run reads: with the frame feature files when its model reads frames."""
+    return data_fingerprint(ds, frames=reads_frames(cfg))
 
 
 def check_same_run(folder: Path, cfg: RunConfig) -> None:

@@ -55,7 +55,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from dsaml_utils.data.registry import data_fingerprint, load_dataset
+from dsaml_utils.data.registry import load_dataset
 from dsaml_utils.data.types import MEAN, MusicDataset
 from dsaml_utils.errors import Interrupted, RunConflict, UserError
 from dsaml_utils.features.cache import FeatureCache
@@ -86,6 +86,7 @@ from dsaml_utils.training.runs import (
     check_same_data,
     check_same_run,
     load_run_model,
+    run_fingerprint,
 )
 from dsaml_utils.training.sampling import (
     VAL_QUERY_SONGS,
@@ -135,7 +136,7 @@ class Trainer:
         if ds is None and cfg.dataset == "synthetic" and not Path(cfg.root).is_dir():
             raise UserError(f"{cfg.root}: no synthetic dataset there; generate it with `dsaml synth --out {cfg.root}`")
         self.ds = ds if ds is not None else load_dataset(cfg.dataset, cfg.root)
-        self.data_fingerprint, self.data_root = data_fingerprint(self.ds), str(Path(self.ds.root).resolve())
+        self.data_fingerprint, self.data_root = run_fingerprint(self.ds, cfg), str(Path(self.ds.root).resolve())
         t = cfg.train
         test = set(self.ds.test_ids)
         train_ids = [s for s in self.ds.train_ids if s not in test]
@@ -477,7 +478,7 @@ def train(cfg: RunConfig, out: str | Path, *, ds: MusicDataset | None = None, ca
         check_same_run(out, cfg)
         ds = ds if ds is not None else load_dataset(cfg.dataset, cfg.root)
         model = out / "model.pt"
-        check_same_data(model, load_checkpoint(model), data_fingerprint(ds), str(Path(ds.root).resolve()))
+        check_same_data(model, load_checkpoint(model), run_fingerprint(ds, cfg), str(Path(ds.root).resolve()))
         return json.loads((out / "train_summary.json").read_text())
     trainer = Trainer(cfg, out, ds=ds, cache=cache, progress=progress)
     return trainer.run(max_steps_this_call=max_steps_this_call, callback=callback)
