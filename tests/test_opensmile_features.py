@@ -175,14 +175,16 @@ def test_features_cli_keeps_refuses_and_overwrites(synth_root):
     assert rc == 0 and "wrote 0 feature files, kept 3 up to date" in out
     assert before == {k: (p.read_bytes(), p.stat().st_mtime_ns) for k, p in files.items()}
     audio = synth_root / "DEAM_audio" / "MEMD_audio" / "3.mp3"
-    later = files["3.csv"].stat().st_mtime_ns + 10**9
-    os.utime(audio, ns=(later, later))  # the audio changed after its features were computed
+    # the audio changed after its features were computed: the features file is made older than the audio (not
+    # the audio newer than now, which a fast rewrite could precede)
+    earlier = audio.stat().st_mtime_ns - 10 * 10**9
+    os.utime(files["3.csv"], ns=(earlier, earlier))
     rc, out = run_cli(["features", "--dataset", "synthetic", "--root", str(synth_root)])
     assert rc == 2 and "3.csv: older than its audio" in out and "--overwrite" in out
-    assert files["3.csv"].stat().st_mtime_ns == before["3.csv"][1]  # not replaced
+    assert files["3.csv"].stat().st_mtime_ns == earlier  # not replaced
     rc, out = run_cli(["features", "--dataset", "synthetic", "--root", str(synth_root), "--overwrite"])
     assert rc == 0 and "wrote 3 feature files" in out
-    assert files["3.csv"].stat().st_mtime_ns >= audio.stat().st_mtime_ns
+    assert files["3.csv"].stat().st_mtime_ns >= audio.stat().st_mtime_ns > earlier
     assert files["3.csv"].read_bytes() == before["3.csv"][0]  # same audio bytes, same features
     write_corrupt(synth_root / "DEAM_audio" / "MEMD_audio" / "2.mp3")
     rc, out = run_cli(["features", "--dataset", "synthetic", "--root", str(synth_root)])
