@@ -10,6 +10,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
@@ -18,13 +19,15 @@ from fixtures import one_thread, write_pmemo_fixture  # noqa: F401 (one_thread: 
 from dsaml_utils import cli
 from dsaml_utils.data.frames import SongFrames, load_frame_features
 from dsaml_utils.data.registry import load_dataset
+from dsaml_utils.data.types import Curve, MusicDataset, Song
 from dsaml_utils.errors import RunConflict, UserError
 from dsaml_utils.evaluation.importance import descriptor, descriptor_groups, permutation_importance, permuted
 from dsaml_utils.evaluation.run import evaluate_run
 from dsaml_utils.experiments.specs import EXPERIMENTS, FRAME_FAMILY
 from dsaml_utils.features.frame_files import ensure_features, has_features
-from dsaml_utils.features.frame_inputs import FrameNorm
+from dsaml_utils.features.frame_inputs import FrameNorm, audio_frames
 from dsaml_utils.features.songs import SongData
+from dsaml_utils.plots import plot_importance
 from dsaml_utils.training.config import apply_overrides, preset
 from dsaml_utils.training.runs import load_run_model
 from dsaml_utils.training.sampling import split_validation
@@ -34,10 +37,11 @@ from dsaml_utils.training.trainer import Trainer, train
 SYNTH = ["--songs", "8", "--anonymous-songs", "0", "--full-songs", "2", "--listeners", "3", "--test-listeners", "2",
          "--lazy-listeners", "0", "--raters-per-song", "2", "--raters-per-full-song", "2", "--clip-seconds", "16",
          "--full-seconds", "18", "20", "--sample-rate", "8000", "--workers", "2", "--no-features"]
-RUN = ["--steps", "4", "--quiet", "--set", "train.window=12", "--set", "train.batch_size=4", "--set", "eval.hop=6",
-       "--set", "train.eval_every=2", "--set", "eval.support_steps=8", "--set", "tasks.min_songs=2",
-       "--set", "meta.tasks_per_step=2", "--set", "meta.inner_steps=1", "--set", "meta.query_songs=2",
-       "--set", "eval.kshots=[1]"]
+OVERRIDES = ["train.window=12", "train.batch_size=4", "eval.hop=6", "train.eval_every=2", "eval.support_steps=8",
+             "tasks.min_songs=2", "meta.tasks_per_step=2", "meta.inner_steps=1", "meta.query_songs=2",
+             "eval.kshots=[1]"]
+"""Tiny-run settings of every test here: through `--set` on the command line (RUN) or `config`."""
+RUN = ["--steps", "4", "--quiet", *(x for o in OVERRIDES for x in ("--set", o))]
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
@@ -70,10 +74,7 @@ def shift_first_feature(path) -> None:
 def config(root, cache, model="cnn_bilstm", mode="dmer", extra=()):
     cfg = preset("quick", root=str(root), cache_dir=str(cache))
     cfg.mode, cfg.model, cfg.strategy = mode, model, None
-    return apply_overrides(cfg, ["train.steps=4", "train.window=12", "train.batch_size=4", "eval.hop=6",
-                                 "train.eval_every=2", "train.checkpoint_every=2", "eval.support_steps=8",
-                                 "tasks.min_songs=2", "meta.tasks_per_step=2", "meta.inner_steps=1",
-                                 "meta.query_songs=2", "eval.kshots=[1]", *extra])
+    return apply_overrides(cfg, ["train.steps=4", "train.checkpoint_every=2", *OVERRIDES, *extra])
 
 
 def test_cli_synth_features_train_evaluate_on_synthetic(synth, tmp_path):
@@ -238,9 +239,6 @@ def test_ensure_features_computes_only_when_a_root_has_none(synth, tmp_path):
 
 
 def test_plot_importance_shows_the_top_descriptors_per_dimension():
-    import pandas as pd
-
-    from dsaml_utils.plots import plot_importance
     df = pd.DataFrame({"arousal_drop": [0.3, 0.1, 0.0], "arousal_drop_std": [0.01, 0.02, 0.0],
                        "valence_drop": [0.0, 0.2, 0.05], "valence_drop_std": [0.0, 0.01, 0.01]},
                       index=pd.Index(["a", "b", "c"], name="descriptor"))
@@ -253,15 +251,12 @@ def test_plot_importance_shows_the_top_descriptors_per_dimension():
 
 
 def test_a_listeners_own_audio_gets_its_features_from_the_audio(synth, tmp_path):
-    from dsaml_utils.data.types import Curve, Song
-    from dsaml_utils.data.types import MusicDataset as Dataset
-    from dsaml_utils.features.frame_inputs import audio_frames
     ds = load_dataset("synthetic", synth)
     sid = ds.test_ids[0]
     song = ds.songs[sid]
     times = song.curves["mean"].times
-    own = Dataset("personal", tmp_path, {"x": Song("x", song.audio_path, {"mean": Curve(times, 0 * times, 0 * times)})},
-                  [], [], ds.value_range)
+    silent = Curve(times, 0 * times, 0 * times)
+    own = MusicDataset("personal", tmp_path, {"x": Song("x", song.audio_path, {"mean": silent})}, [], [], ds.value_range)
     names = load_frame_features(ds, song_ids=[sid], progress=False)[sid].names
     got = audio_frames(own, ["x"], names)["x"]
     np.testing.assert_array_equal(got.times, times)

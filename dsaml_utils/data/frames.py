@@ -184,12 +184,17 @@ def align_rows(table: FrameTable, rows: np.ndarray, song_id: str, label_times: n
     return SongFrames(song_id, label_times[:n].copy(), values[match[:n]].astype(np.float32), list(table.names))
 
 
+def feature_folder(root: str | Path) -> Path | None:
+    """The first of DEAM_FEATURE_DIRS under root that is a folder, or None."""
+    return next((Path(root) / d for d in DEAM_FEATURE_DIRS if (Path(root) / d).is_dir()), None)
+
+
 def feature_files(ds: MusicDataset, root: str | Path | None = None) -> list[Path]:
     """The frame feature files `load_frame_features` reads for `ds` (sorted; [] when there are none)."""
     root = Path(ds.root if root is None else root)
     if ds.name == "pmemo":
         return [root / PMEMO_FEATURE_FILE] if (root / PMEMO_FEATURE_FILE).is_file() else []
-    folder = next((root / d for d in DEAM_FEATURE_DIRS if (root / d).is_dir()), None)
+    folder = feature_folder(root)
     return sorted(folder.glob("*.csv")) if folder is not None else []
 
 
@@ -235,7 +240,7 @@ def load_frame_features(ds: MusicDataset, root: str | Path | None = None, progre
             problems.append(f"{path}: {len(extra)} songs without annotations (e.g. {extra[0]}); not used")
         return out
 
-    folder = next((root / d for d in DEAM_FEATURE_DIRS if (root / d).is_dir()), None)
+    folder = feature_folder(root)
     if folder is None:
         tried = ", ".join(str(root / d) for d in DEAM_FEATURE_DIRS)
         raise DataError(f"{root}: no frame features found (tried {tried}); `dsaml features` computes them")

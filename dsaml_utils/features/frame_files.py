@@ -19,7 +19,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dsaml_utils.data.frames import DEAM_FEATURE_DIRS, PMEMO_FEATURE_FILE, read_frame_table, song_rows
+from dsaml_utils.data.frames import (
+    DEAM_FEATURE_DIRS,
+    PMEMO_FEATURE_FILE,
+    feature_folder,
+    read_frame_table,
+    song_rows,
+)
 from dsaml_utils.data.registry import load_dataset
 from dsaml_utils.data.synthetic import SynthConfig, SynthSummary, generate
 from dsaml_utils.errors import DataError, UserError
@@ -160,7 +166,7 @@ def write_features(dataset: str, root: str | Path, *, overwrite: bool = False, c
         targets = {sid: root / PMEMO_SONG_DIR / f"{sid}.csv" for sid in audio}
         layout = "pmemo"
     else:
-        folder = next((root / d for d in DEAM_FEATURE_DIRS if (root / d).is_dir()), root / DEAM_FEATURE_DIRS[0])
+        folder = feature_folder(root) or root / DEAM_FEATURE_DIRS[0]
         targets = {sid: folder / f"{sid}.csv" for sid in audio}
         layout = "deam"
     todo = _plan(audio, targets, overwrite, report)
@@ -198,7 +204,7 @@ def has_features(dataset: str, root: str | Path) -> bool:
     root = Path(root)
     if dataset == "pmemo":
         return (root / PMEMO_FEATURE_FILE).is_file()
-    return any((root / d).is_dir() for d in DEAM_FEATURE_DIRS)
+    return feature_folder(root) is not None
 
 
 def ensure_features(dataset: str, root: str | Path, workers: int = 2, progress: bool = True) -> FeatureReport | None:

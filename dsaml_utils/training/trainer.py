@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from dsaml_utils.data.registry import load_dataset
 from dsaml_utils.data.types import MEAN, MusicDataset
-from dsaml_utils.errors import Interrupted, RunConflict, UserError
+from dsaml_utils.errors import Interrupted, UserError
 from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.features.songs import make_batch, random_item, score_listener_song
 from dsaml_utils.io.atomic import atomic_write_text, load_checkpoint, save_checkpoint
@@ -269,9 +269,6 @@ class Trainer:
 
     def load_state(self, state: dict) -> None:
         """Restore a state written by `state()`."""
-        if self._frame_norm() and state.get("frame_norm") != self._frame_norm()["frame_norm"]:
-            raise RunConflict(f"{self.out / 'checkpoint.pt'}: the frame features' normalisation differs from the one "
-                              "the run started with (feature files changed?); restore them, or use another --out")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
