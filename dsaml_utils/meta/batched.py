@@ -52,6 +52,7 @@ from dsaml_utils.meta.maml import (
     meta_loss_loop,
     trainable_params,
 )
+from dsaml_utils.models.calibration import compose, fit_affine, has_output_affine
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -243,6 +244,22 @@ def _adapt_batched(losses: Callable, params: dict[str, torch.Tensor], stats: dic
     return {k: _Attach.apply(fast[k].detach(), params[k]) for k in params}
 
 
+def _calibrated_batched(model: nn.Module, shared: dict, fast: dict, stats: dict, support: Batch,
+                        cfg: MetaConfig) -> dict[str, torch.Tensor]:
+    """`meta.maml.calibrated` for every task at once: the output affine [n, 2] fitted to each support."""
+    if not has_output_affine(fast):
+        raise ValueError("meta.calibrate needs a model with an output affine (models.calibration.add_output_affine)")
+
+    def pred(p, st, batch):
+        return functional_call(model, (p, shared, st), (batch,))["pred"]
+
+    with torch.set_grad_enabled(not cfg.first_order):
+        copies = {k: v.clone() for k, v in stats.items()}  # the running statistics stay as the inner steps left them
+        p = vmap(pred, in_dims=(0, 0, 0), randomness="different")(fast, copies, support)
+        a, b = fit_affine(p, support["y"], support.get("mask"), cfg.calibrate)
+    return compose(fast, a, b)
+
+
 def meta_loss_batched(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig = MetaConfig(),
                       loss_fn: LossFn = default_loss, share_stats: bool = False) -> torch.Tensor:
     """Mean query loss over tasks, with every task of a chunk adapted at once under vmap.
@@ -269,6 +286,8 @@ def meta_loss_batched(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig =
             query = stack_batches([q for _, q in part])
             st = {k: v[i:i + chunk] for k, v in stats.items()}  # views: updates land in `stats`
             fast = _adapt_batched(losses, params, st, support, len(part), cfg)
+            if cfg.calibrate is not None:
+                fast = _calibrated_batched(model, shared, fast, st, support, cfg)
             out.append(losses(fast, st, query))
     if stat_names and share_stats:
         _write_back_chained(model, stats, cfg.inner_steps + 1)  # inner steps on the support, then the query

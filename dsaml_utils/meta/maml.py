@@ -20,6 +20,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dsaml_utils.metrics import dsaml_loss
+from dsaml_utils.models.calibration import compose, fit_affine, has_output_affine
 
 Batch = dict[str, torch.Tensor]
 
@@ -46,6 +47,8 @@ class MetaConfig:
     query_songs: int = 15  # songs per task on which the adapted model is scored
     task_chunk: int | None = None  # batched path: tasks per vmap chunk (None = all at once; less memory)
     inner_params: tuple[str, ...] = ()  # name prefixes of the parameters the inner loop adapts; () = all of
+    calibrate: float | None = None  # after the inner steps, fit the output affine (models.calibration) to the
+    # support in closed form, with this ridge towards gain 1; None: no output affine (the paper)
 
 
 def inner_names(params: dict[str, torch.Tensor], prefixes: Sequence[str] = ()) -> list[str]:
@@ -127,12 +130,14 @@ def _meta_context(second_order: bool) -> Iterator[None]:
 
 def adapt(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
           support_batch: Batch, loss_fn: LossFn = default_loss, steps: int = 16, lr: float = 5e-3,
-          create_graph: bool = False, only: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+          create_graph: bool = False, only: Sequence[str] = (), calibrate: float | None = None
+          ) -> dict[str, torch.Tensor]:
     """`steps` SGD steps on the support batch from `params`; returns the adapted parameters.
 
     With create_graph the result is differentiable to second order in `params`; without it the inner
     gradients are constants (first order), but the result still depends on `params` (identity Jacobian).
     `only`: name prefixes of the parameters to adapt (MetaConfig.inner_params); the rest pass through.
+    `calibrate`: then the output affine fitted to the support (`calibrate`, its ridge).
     """
     names = inner_names(params, only)
     for _ in range(steps):
@@ -141,7 +146,24 @@ def adapt(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, 
         grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph,
                                     allow_unused=True)
         params = dict(params, **{k: params[k] - lr * g for k, g in zip(names, grads) if g is not None})
+    if calibrate is not None:
+        params = calibrated(model, params, buffers, support_batch, calibrate, create_graph)
     return params
+
+
+def calibrated(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+               support_batch: Batch, ridge: float, create_graph: bool = False) -> dict[str, torch.Tensor]:
+    """params with the output affine refitted in closed form to the support's labels (models.calibration).
+
+    One more forward on the support, on copies of the buffers (the running statistics are left as the inner
+    steps left them). First order (no create_graph): the fitted gain and shift are constants.
+    """
+    if not has_output_affine(params):
+        raise ValueError("meta.calibrate needs a model with an output affine (models.calibration.add_output_affine)")
+    with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+        pred = functional_call(model, (params, {k: v.clone() for k, v in buffers.items()}), (support_batch,))["pred"]
+        a, b = fit_affine(pred, support_batch["y"], support_batch.get("mask"), ridge)
+    return compose(params, a, b)
 
 
 def meta_loss_loop(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig = MetaConfig(),
@@ -161,7 +183,7 @@ def meta_loss_loop(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig = Me
             # each task gets its own copy of the running statistics (share_stats: the model's own)
             bufs = buffers if share_stats else dict(buffers, **{k: buffers[k].clone() for k in stat_names})
             fast = adapt(model, params, bufs, support, loss_fn, cfg.inner_steps, cfg.inner_lr,
-                         create_graph=not cfg.first_order, only=cfg.inner_params)
+                         create_graph=not cfg.first_order, only=cfg.inner_params, calibrate=cfg.calibrate)
             losses.append(loss_fn(functional_call(model, (fast, bufs), (query,)), query))
             stats.append({k: bufs[k] for k in stat_names})
     if stat_names and not share_stats:
@@ -176,5 +198,5 @@ def personalize(model: nn.Module, support_batch: Batch, cfg: MetaConfig = MetaCo
     # copies, so that adapting in train mode leaves the model's running statistics alone
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     fast = adapt(model, params, buffers, support_batch, loss_fn, cfg.inner_steps, cfg.inner_lr,
-                 only=cfg.inner_params)
+                 only=cfg.inner_params, calibrate=cfg.calibrate)
     return {k: v.detach() for k, v in fast.items()}

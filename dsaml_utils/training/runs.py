@@ -10,15 +10,22 @@ from dsaml_utils.data.registry import data_fingerprint
 from dsaml_utils.errors import RunConflict, UserError
 from dsaml_utils.features.frame_inputs import FrameNorm
 from dsaml_utils.io.atomic import load_checkpoint
+from dsaml_utils.models.calibration import add_output_affine
 from dsaml_utils.models.registry import build_model
 from dsaml_utils.training.config import RunConfig
+
+
+def build_run_model(cfg: RunConfig):
+    """The run's model with fresh weights: its preset and overrides, and the output affine with meta.calibrate."""
+    model = build_model(cfg.model, cfg.model_size, **cfg.model_overrides())
+    return model if cfg.meta.calibrate is None else add_output_affine(model)
 
 
 def load_run_model(run: str | Path, device: str | torch.device = "cpu", which: str = "model"):
     """(RunConfig, model in eval mode) of a trained run; which = "model" (model.pt), "best" or "checkpoint"."""
     run = Path(run)
     cfg = RunConfig.load(run / "config.json")
-    model = build_model(cfg.model, cfg.model_size, **cfg.model_overrides())
+    model = build_run_model(cfg)
     state = load_checkpoint(run / f"{which}.pt", device)
     try:
         model.load_state_dict(state["model"])
@@ -34,7 +41,7 @@ def load_run_model(run: str | Path, device: str | torch.device = "cpu", which: s
 def reads_frames(cfg: RunConfig) -> bool:
     """Whether the run's model reads frame features (built on the meta device: no weights are made)."""
     with torch.device("meta"):
-        return "frames" in getattr(build_model(cfg.model, cfg.model_size, **cfg.model_overrides()), "inputs", ())
+        return "frames" in getattr(build_run_model(cfg), "inputs", ())
 
 
 def run_fingerprint(ds, cfg: RunConfig) -> str:

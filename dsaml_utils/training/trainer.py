@@ -68,7 +68,6 @@ from dsaml_utils.meta import maml
 from dsaml_utils.meta.listener import adapt_to_listener, support_items
 from dsaml_utils.metrics import mean_ccc, score_song
 from dsaml_utils.models.inference import predict_song, resolve_device
-from dsaml_utils.models.registry import build_model
 from dsaml_utils.runtime import keep_freed_memory
 from dsaml_utils.seeding import (
     ADAPT_VALIDATION,
@@ -83,6 +82,7 @@ from dsaml_utils.training.authors_store import protocol_store
 from dsaml_utils.training.config import RunConfig, resolve_run
 from dsaml_utils.training.runs import (
     _sort_key,
+    build_run_model,
     check_same_data,
     check_same_run,
     load_run_model,
@@ -145,7 +145,7 @@ class Trainer:
 
         # model first (its initial weights depend only on the seed)
         torch.manual_seed(t.seed)
-        self.model = build_model(cfg.model, cfg.model_size, **cfg.model_overrides()).to(self.device)
+        self.model = build_run_model(cfg).to(self.device)
         if cfg.init:
             _, init_model = load_run_model(cfg.init, self.device)
             try:
