@@ -2,12 +2,13 @@
 
 Listeners mostly differ from the average listener by an offset, a gain and sometimes a sign per dimension
 (`data.synthetic`'s traits; docs/performance.md, "The valence bar"). SGD steps on the curve loss find that
-map poorly from one song, least squares finds it at once. With `meta.calibrate` (a deviation of the quick
-preset, not the paper's model), every model gets two parameters `out_affine.scale` and `out_affine.shift`
-([2] each, 1 and 0 at the start) applied to its prediction, pred' = scale * pred + shift, and the inner
-loop ends by fitting them to the support song (`meta.maml.calibrate`), as differentiable closed-form
+map poorly from one song, least squares finds it at once. With `meta.calibrate` set (off in every preset;
+a deviation from the paper's model when set), every model gets two parameters `out_affine.scale` and
+`out_affine.shift` ([2] each, 1 and 0 at the start) applied to its prediction, pred' = scale * pred + shift,
+and the inner loop ends by fitting them to the support song (`meta.maml.calibrated`), as differentiable closed-form
 solvers do in meta-learning (Bertinetto et al., ICLR 2019). Meta-training learns a model whose predictions
-such a recalibration serves, and the outer loop learns the affine's starting values.
+such a recalibration serves, and the outer loop learns the affine's starting values. Measured on the quick
+preset it helps valence and costs arousal (docs/performance.md), so no preset turns it on.
 """
 
 from __future__ import annotations
