@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 from fixtures import one_thread  # noqa: F401 (an autouse fixture)
-from test_meta import MLP, make_tasks
+from test_meta import MLP, dsaml_tasks, make_tasks
 
 from dsaml_utils.meta.batched import meta_loss_batched
 from dsaml_utils.meta.maml import MetaConfig, meta_loss_loop, personalize
@@ -13,7 +13,6 @@ from dsaml_utils.metrics import dsaml_loss
 from dsaml_utils.models.calibration import SCALE, SHIFT, add_output_affine, compose, fit_affine
 from dsaml_utils.models.dsaml import DSAML, DSAMLConfig
 from dsaml_utils.models.inference import predict_with
-from dsaml_utils.models.registry import example_batch
 from dsaml_utils.errors import UserError
 from dsaml_utils.training.config import apply_overrides, deviations, preset
 from dsaml_utils.training.runs import build_run_model
@@ -109,14 +108,7 @@ def test_meta_gradient_with_calibration_matches_the_loop_written_out(second_orde
 def test_batched_equals_loop_with_calibration_on_dsaml_quick():
     torch.manual_seed(5)
     model = add_output_affine(DSAML(DSAMLConfig.quick(dropout=0.0, global_dim=16, n_frames=11, n_mels=24)).double())
-
-    def batch(songs, seed):
-        b = example_batch(model, steps=8, batch_size=songs, seed=seed)
-        b = {k: v.double() if v.is_floating_point() else v for k, v in b.items()}
-        b["y"] = torch.rand(songs, 8, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        return b
-
-    tasks = [(batch(1, 10 * i), batch(2, 10 * i + 1)) for i in range(2)]
+    tasks = dsaml_tasks(model)
     cfg = MetaConfig(inner_steps=2, inner_lr=0.05, calibrate=0.05)
     twin = copy.deepcopy(model)
     for m in (model, twin):

@@ -115,6 +115,17 @@ def hand_meta_grad(model, tasks, steps, lr, second_order, adapt=(0, 1, 2, 3)):
     return dict(zip(["l1.weight", "l1.bias", "l2.weight", "l2.bias"], grads))
 
 
+def dsaml_tasks(model, n=2):
+    """n float64 tasks for a small DSAML: 1 support and 2 query windows of 8 steps, random labels."""
+    def batch(songs, seed):
+        b = example_batch(model, steps=8, batch_size=songs, seed=seed)
+        b = {k: v.double() if v.is_floating_point() else v for k, v in b.items()}
+        b["y"] = torch.rand(songs, 8, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        return b
+
+    return [(batch(1, 10 * i), batch(2, 10 * i + 1)) for i in range(n)]
+
+
 def assert_close(a, b, atol=1e-6):
     assert a.keys() == b.keys()
     for k in a:
@@ -266,14 +277,7 @@ def test_batched_equals_loop_on_dsaml_quick(first_order):
     torch.manual_seed(5)
     # the quick preset, with smaller spectrogram slices and no dropout (loop and vmap draw masks differently)
     model = DSAML(DSAMLConfig.quick(dropout=0.0, global_dim=16, n_frames=11, n_mels=24)).double()
-
-    def batch(songs, seed):
-        b = example_batch(model, steps=8, batch_size=songs, seed=seed)
-        b = {k: v.double() if v.is_floating_point() else v for k, v in b.items()}
-        b["y"] = torch.rand(songs, 8, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        return b
-
-    tasks = [(batch(1, 10 * i), batch(2, 10 * i + 1)) for i in range(2)]
+    tasks = dsaml_tasks(model)
     cfg = MetaConfig(inner_steps=2, inner_lr=0.05, first_order=first_order)
     twin = copy.deepcopy(model)
     got, want = meta_grad(model, tasks, cfg, batched=True), meta_grad(twin, tasks, cfg, batched=False)
