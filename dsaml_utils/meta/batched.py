@@ -52,7 +52,7 @@ from dsaml_utils.meta.maml import (
     meta_loss_loop,
     trainable_params,
 )
-from dsaml_utils.models.calibration import compose, fit_affine, has_output_affine
+from dsaml_utils.models.calibration import compose, fit_affine
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -247,9 +247,6 @@ def _adapt_batched(losses: Callable, params: dict[str, torch.Tensor], stats: dic
 def _calibrated_batched(model: nn.Module, shared: dict, fast: dict, stats: dict, support: Batch,
                         cfg: MetaConfig) -> dict[str, torch.Tensor]:
     """`meta.maml.calibrated` for every task at once: the output affine [n, 2] fitted to each support."""
-    if not has_output_affine(fast):
-        raise ValueError("meta.calibrate needs a model with an output affine (models.calibration.add_output_affine)")
-
     def pred(p, st, batch):
         return functional_call(model, (p, shared, st), (batch,))["pred"]
 

@@ -20,7 +20,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dsaml_utils.metrics import dsaml_loss
-from dsaml_utils.models.calibration import compose, fit_affine, has_output_affine
+from dsaml_utils.models.calibration import compose, fit_affine
 
 Batch = dict[str, torch.Tensor]
 
@@ -158,8 +158,6 @@ def calibrated(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[
     One more forward on the support, on copies of the buffers (the running statistics are left as the inner
     steps left them). First order (no create_graph): the fitted gain and shift are constants.
     """
-    if not has_output_affine(params):
-        raise ValueError("meta.calibrate needs a model with an output affine (models.calibration.add_output_affine)")
     with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
         pred = functional_call(model, (params, {k: v.clone() for k, v in buffers.items()}), (support_batch,))["pred"]
         a, b = fit_affine(pred, support_batch["y"], support_batch.get("mask"), ridge)

@@ -45,11 +45,6 @@ def add_output_affine(model: nn.Module) -> nn.Module:
     return model
 
 
-def has_output_affine(params: dict) -> bool:
-    """Whether a parameter dict holds an output affine."""
-    return SCALE in params and SHIFT in params
-
-
 def fit_affine(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, ridge: float
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b) [..., 2] minimising sum (a pred + b - y)^2 + ridge * n (a - 1)^2 over the masked steps.
@@ -68,4 +63,6 @@ def fit_affine(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, r
 
 def compose(params: dict, a: torch.Tensor, b: torch.Tensor) -> dict:
     """params with the output affine followed by a * (.) + b: scale' = a scale, shift' = a shift + b."""
+    if SCALE not in params or SHIFT not in params:
+        raise ValueError("meta.calibrate needs a model with an output affine (models.calibration.add_output_affine)")
     return dict(params, **{SCALE: a * params[SCALE], SHIFT: a * params[SHIFT] + b})
