@@ -43,6 +43,12 @@ def test_fit_affine_is_the_least_squares_line_and_ridge_pulls_the_gain_to_one():
     # leading task axes
     a3, _ = fit_affine(torch.stack([pred, 2 * pred]), torch.stack([y, y]), None, ridge=0.0)
     torch.testing.assert_close(a3[1], a3[0] / 2)
+    # one dimension only: the other keeps gain 1 and shift 0 (metrics.DIMENSIONS: arousal, valence)
+    a, b = fit_affine(torch.stack([pred, pred]), torch.stack([y, y]), None, ridge=0.0, dims=("valence",))
+    torch.testing.assert_close(a, torch.tensor([[1.0, -2.0]] * 2, dtype=torch.float64))
+    torch.testing.assert_close(b, torch.tensor([[0.0, 0.3]] * 2, dtype=torch.float64))
+    a, b = fit_affine(pred, y, None, ridge=0.0, dims=("arousal",))
+    torch.testing.assert_close(torch.stack([a, b]), torch.tensor([[0.5, 1.0], [-0.2, 0.0]], dtype=torch.float64))
 
 
 def test_output_affine_scales_the_prediction_and_composes():
@@ -105,11 +111,12 @@ def test_meta_gradient_with_calibration_matches_the_loop_written_out(second_orde
     assert not torch.allclose(twin.l1.weight.grad, want["l1.weight"])
 
 
-def test_batched_equals_loop_with_calibration_on_dsaml_quick():
+@pytest.mark.parametrize("dims", [(), ("valence",)])
+def test_batched_equals_loop_with_calibration_on_dsaml_quick(dims):
     torch.manual_seed(5)
     model = add_output_affine(DSAML(DSAMLConfig.quick(dropout=0.0, global_dim=16, n_frames=11, n_mels=24)).double())
     tasks = dsaml_tasks(model)
-    cfg = MetaConfig(inner_steps=2, inner_lr=0.05, calibrate=0.05)
+    cfg = MetaConfig(inner_steps=2, inner_lr=0.05, calibrate=0.05, calibrate_dims=dims)
     twin = copy.deepcopy(model)
     for m in (model, twin):
         m.zero_grad(set_to_none=True)
@@ -137,16 +144,22 @@ def test_personalize_fits_the_support_and_needs_an_output_affine():
         personalize(MLP().double(), support, cfg)
 
 
-def test_calibration_is_off_in_the_presets_and_a_deviation_when_set():
-    assert preset("quick").meta.calibrate is None and preset("paper").meta.calibrate is None
-    cfg = apply_overrides(preset("quick"), ["meta.calibrate=0.05"])
-    line = next(d for d in deviations(cfg) if d.startswith("meta.calibrate"))
-    assert "not the paper" in line
+def test_the_quick_preset_calibrates_valence_the_paper_preset_nothing_and_both_say_so():
+    assert preset("paper").meta.calibrate is None and preset("paper", protocol="authors").meta.calibrate is None
+    quick = preset("quick")
+    assert quick.meta.calibrate == 0.05 and quick.meta.calibrate_dims == ("valence",)
+    lines = [d for d in deviations(quick) if d.startswith("meta.calibrate")]
+    assert len(lines) == 2 and "not the paper" in lines[0] and "valence" in lines[1]
+    assert not [d for d in deviations(preset("paper")) if "calibrate" in d]
     with pytest.raises(UserError, match="meta.calibrate"):
         apply_overrides(preset("quick"), ["meta.calibrate=-1"])
+    with pytest.raises(UserError, match="meta.calibrate_dims 'tension': choose one of 'arousal', 'valence'"):
+        apply_overrides(preset("quick"), ['meta.calibrate_dims=["valence", "tension"]'])
+    both = apply_overrides(preset("quick"), ["meta.calibrate_dims=[]"])
+    assert both.meta.calibrate_dims == ()
 
 
 def test_a_calibrated_run_builds_its_output_affine():
-    cfg = apply_overrides(preset("smoke"), ["meta.calibrate=0.05"])
-    assert {SCALE, SHIFT} <= set(build_run_model(cfg).state_dict())
-    assert SCALE not in build_run_model(preset("smoke")).state_dict()
+    assert {SCALE, SHIFT} <= set(build_run_model(preset("smoke")).state_dict())
+    cfg = apply_overrides(preset("smoke"), ["meta.calibrate=null"])
+    assert SCALE not in build_run_model(cfg).state_dict()

@@ -123,7 +123,7 @@ def test_ensure_dataset_checks_real_roots(tmp_path):
 
 
 def test_run_reports_failing_cell_and_cli_exits_nonzero(tmp_path, capsys):
-    """One kernel start: a passing notebook, then a failing one that stops the run."""
+    """One notebook at a time (--jobs 1): a passing notebook, then a failing one that stops the run."""
     nbs = tmp_path / "nbs"
     _write_nb(nbs / "00_ok.ipynb", "import os\nfrom pathlib import Path\n"
               "Path(run_dir, 'seen.txt').write_text(preset + dataset + os.environ['TQDM_MININTERVAL'])",
@@ -132,7 +132,7 @@ def test_run_reports_failing_cell_and_cli_exits_nonzero(tmp_path, capsys):
     _write_nb(nbs / "02_never.ipynb", "open('never', 'w')")
     run = tmp_path / "run"
     argv = ["workbook", "--preset", "smoke", "--dataset", "deam", "--root", str(tmp_path), "--out", str(run),
-            "--notebooks", str(nbs), "--device", "cpu"]
+            "--notebooks", str(nbs), "--device", "cpu", "--jobs", "1"]
     tqdm_before = os.environ.get("TQDM_MININTERVAL")
     assert _main(argv) == 1
     err = capsys.readouterr().err
@@ -146,6 +146,24 @@ def test_run_reports_failing_cell_and_cli_exits_nonzero(tmp_path, capsys):
     record = json.loads((run / "workbook.json").read_text())
     assert [n["name"] for n in record["notebooks"]] == ["00_ok"] and record["params"]["preset"] == "smoke"
     assert record["pretrain"]["runs"] == 0 and record["pretrain"]["plan"] == {}  # no notebook uses a run
+
+
+def test_notebooks_run_two_at_a_time_and_keep_their_order(tmp_path, capsys):
+    """With --jobs 2 two kernels run at once: each notebook waits for the other's file (60 s at most)."""
+    wait = ("import time\nfrom pathlib import Path\nPath(run_dir, '{me}').write_text('x')\n"
+            "t0 = time.time()\nwhile not Path(run_dir, '{other}').exists():\n"
+            "    assert time.time() - t0 < 60, 'the other notebook never ran alongside'\n    time.sleep(0.1)")
+    nbs = tmp_path / "nbs"
+    _write_nb(nbs / "00_a.ipynb", wait.format(me="a", other="b"), params="run_dir = '.'")
+    _write_nb(nbs / "01_b.ipynb", wait.format(me="b", other="a"), params="run_dir = '.'")
+    run = tmp_path / "run"
+    argv = ["workbook", "--preset", "smoke", "--dataset", "deam", "--root", str(tmp_path), "--out", str(run),
+            "--notebooks", str(nbs), "--device", "cpu", "--jobs", "2"]
+    assert _main(argv) == 0
+    record = json.loads((run / "workbook.json").read_text())
+    assert [n["name"] for n in record["notebooks"]] == ["00_a", "01_b"]
+    assert 0 < record["notebooks_wall_seconds"] < sum(n["seconds"] for n in record["notebooks"])
+    assert "notebooks (wall, 2 at a time)" in capsys.readouterr().out
 
 
 def test_cli_fresh_removes_earlier_outputs_only(tmp_path, capsys):

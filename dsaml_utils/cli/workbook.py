@@ -44,11 +44,14 @@ def _cli(args: argparse.Namespace) -> int:
         print(f"dsaml workbook: error: {exc}", file=sys.stderr)
         return 1
     pre = record["pretrain"]
-    total = pre["seconds"] + sum(n["seconds"] for n in record["notebooks"])
+    wall = record.get("notebooks_wall_seconds", 0.0)
+    total = record.get("dataset_seconds", 0.0) + pre["seconds"] + wall
+    print(f"  {'dataset':<34} {record.get('dataset_seconds', 0.0):8.1f} s")
     print(f"  {'training (' + str(pre['runs']) + ' runs, ' + str(pre['jobs']) + ' at a time)':<34} "
           f"{pre['seconds']:8.1f} s")
     for n in record["notebooks"]:
         print(f"  {n['name']:<34} {n['seconds']:8.1f} s")
+    print(f"  {'notebooks (wall, ' + str(max(1, pre['jobs'])) + ' at a time)':<34} {wall:8.1f} s")
     print(f"  {'total':<34} {total:8.1f} s")
     return 0
 

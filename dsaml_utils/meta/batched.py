@@ -253,7 +253,7 @@ def _calibrated_batched(model: nn.Module, shared: dict, fast: dict, stats: dict,
     with torch.set_grad_enabled(not cfg.first_order):
         copies = {k: v.clone() for k, v in stats.items()}  # the running statistics stay as the inner steps left them
         p = vmap(pred, in_dims=(0, 0, 0), randomness="different")(fast, copies, support)
-        a, b = fit_affine(p, support["y"], support.get("mask"), cfg.calibrate)
+        a, b = fit_affine(p, support["y"], support.get("mask"), cfg.calibrate, cfg.calibrate_dims)
     return compose(fast, a, b)
 
 

@@ -49,6 +49,7 @@ class MetaConfig:
     inner_params: tuple[str, ...] = ()  # name prefixes of the parameters the inner loop adapts; () = all of
     calibrate: float | None = None  # after the inner steps, fit the output affine (models.calibration) to the
     # support in closed form, with this ridge towards gain 1; None: no output affine (the paper)
+    calibrate_dims: tuple[str, ...] = ()  # the dimensions ("arousal", "valence") the affine is fitted on; () = both
 
 
 def inner_names(params: dict[str, torch.Tensor], prefixes: Sequence[str] = ()) -> list[str]:
@@ -130,14 +131,14 @@ def _meta_context(second_order: bool) -> Iterator[None]:
 
 def adapt(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
           support_batch: Batch, loss_fn: LossFn = default_loss, steps: int = 16, lr: float = 5e-3,
-          create_graph: bool = False, only: Sequence[str] = (), calibrate: float | None = None
-          ) -> dict[str, torch.Tensor]:
+          create_graph: bool = False, only: Sequence[str] = (), calibrate: float | None = None,
+          calibrate_dims: Sequence[str] = ()) -> dict[str, torch.Tensor]:
     """`steps` SGD steps on the support batch from `params`; returns the adapted parameters.
 
     With create_graph the result is differentiable to second order in `params`; without it the inner
     gradients are constants (first order), but the result still depends on `params` (identity Jacobian).
     `only`: name prefixes of the parameters to adapt (MetaConfig.inner_params); the rest pass through.
-    `calibrate`: then the output affine fitted to the support (`calibrate`, its ridge).
+    `calibrate`: then the output affine fitted to the support (`calibrate`, its ridge) on `calibrate_dims`.
     """
     names = inner_names(params, only)
     for _ in range(steps):
@@ -147,12 +148,13 @@ def adapt(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, 
                                     allow_unused=True)
         params = dict(params, **{k: params[k] - lr * g for k, g in zip(names, grads) if g is not None})
     if calibrate is not None:
-        params = calibrated(model, params, buffers, support_batch, calibrate, create_graph)
+        params = calibrated(model, params, buffers, support_batch, calibrate, create_graph, calibrate_dims)
     return params
 
 
 def calibrated(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
-               support_batch: Batch, ridge: float, create_graph: bool = False) -> dict[str, torch.Tensor]:
+               support_batch: Batch, ridge: float, create_graph: bool = False, dims: Sequence[str] = ()
+               ) -> dict[str, torch.Tensor]:
     """params with the output affine refitted in closed form to the support's labels (models.calibration).
 
     One more forward on the support, on copies of the buffers (the running statistics are left as the inner
@@ -160,7 +162,7 @@ def calibrated(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[
     """
     with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
         pred = functional_call(model, (params, {k: v.clone() for k, v in buffers.items()}), (support_batch,))["pred"]
-        a, b = fit_affine(pred, support_batch["y"], support_batch.get("mask"), ridge)
+        a, b = fit_affine(pred, support_batch["y"], support_batch.get("mask"), ridge, dims)
     return compose(params, a, b)
 
 
@@ -181,7 +183,7 @@ def meta_loss_loop(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig = Me
             # each task gets its own copy of the running statistics (share_stats: the model's own)
             bufs = buffers if share_stats else dict(buffers, **{k: buffers[k].clone() for k in stat_names})
             fast = adapt(model, params, bufs, support, loss_fn, cfg.inner_steps, cfg.inner_lr,
-                         create_graph=not cfg.first_order, only=cfg.inner_params, calibrate=cfg.calibrate)
+                         create_graph=not cfg.first_order, only=cfg.inner_params, calibrate=cfg.calibrate, calibrate_dims=cfg.calibrate_dims)
             losses.append(loss_fn(functional_call(model, (fast, bufs), (query,)), query))
             stats.append({k: bufs[k] for k in stat_names})
     if stat_names and not share_stats:
@@ -196,5 +198,5 @@ def personalize(model: nn.Module, support_batch: Batch, cfg: MetaConfig = MetaCo
     # copies, so that adapting in train mode leaves the model's running statistics alone
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     fast = adapt(model, params, buffers, support_batch, loss_fn, cfg.inner_steps, cfg.inner_lr,
-                 only=cfg.inner_params, calibrate=cfg.calibrate)
+                 only=cfg.inner_params, calibrate=cfg.calibrate, calibrate_dims=cfg.calibrate_dims)
     return {k: v.detach() for k, v in fast.items()}

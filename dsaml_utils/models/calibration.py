@@ -2,19 +2,24 @@
 
 Listeners mostly differ from the average listener by an offset, a gain and sometimes a sign per dimension
 (`data.synthetic`'s traits; docs/performance.md, "The valence bar"). SGD steps on the curve loss find that
-map poorly from one song, least squares finds it at once. With `meta.calibrate` set (off in every preset;
-a deviation from the paper's model when set), every model gets two parameters `out_affine.scale` and
-`out_affine.shift` ([2] each, 1 and 0 at the start) applied to its prediction, pred' = scale * pred + shift,
-and the inner loop ends by fitting them to the support song (`meta.maml.calibrated`), as differentiable closed-form
-solvers do in meta-learning (Bertinetto et al., ICLR 2019). Meta-training learns a model whose predictions
-such a recalibration serves, and the outer loop learns the affine's starting values. Measured on the quick
-preset it helps valence and costs arousal (docs/performance.md), so no preset turns it on.
+map poorly from one song, least squares finds it at once. With `meta.calibrate` set (the quick preset sets
+it, on valence only; the paper preset does not: it is not the paper's method), every model gets two
+parameters `out_affine.scale` and `out_affine.shift` ([2] each, 1 and 0 at the start) applied to its
+prediction, pred' = scale * pred + shift, and the inner loop ends by fitting them to the support song
+(`meta.maml.calibrated`) on the dimensions of `meta.calibrate_dims`, as differentiable closed-form solvers
+do in meta-learning (Bertinetto et al., ICLR 2019). Meta-training learns a model whose predictions such a
+recalibration serves, and the outer loop learns the affine's starting values. Measured on the quick preset
+(docs/performance.md): on valence it lifts the listeners' valence, on arousal it costs arousal.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn as nn
+
+from ..metrics import DIMENSIONS
 
 SCALE, SHIFT = "out_affine.scale", "out_affine.shift"
 """Parameter names of the output affine in a model's state dict."""
@@ -45,12 +50,13 @@ def add_output_affine(model: nn.Module) -> nn.Module:
     return model
 
 
-def fit_affine(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, ridge: float
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_affine(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, ridge: float,
+               dims: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b) [..., 2] minimising sum (a pred + b - y)^2 + ridge * n (a - 1)^2 over the masked steps.
 
     pred and y are [..., B, T, 2] (leading task axes allowed); the ridge term pulls the gain towards 1 (no
     change) when the support's predictions hardly vary: a = (cov + ridge) / (var + ridge), b = mean_y - a mean_p.
+    `dims`: the dimensions ("arousal", "valence") to fit; the others keep a = 1, b = 0. () = both.
     """
     w = torch.ones_like(pred[..., :1]) if mask is None else mask[..., None].to(pred.dtype)
     n = w.sum((-3, -2)).clamp(min=1.0)
@@ -58,7 +64,11 @@ def fit_affine(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, r
     dp, dy = pred - mp[..., None, None, :], y - my[..., None, None, :]
     var, cov = (dp * dp * w).sum((-3, -2)) / n, (dp * dy * w).sum((-3, -2)) / n
     a = (cov + ridge) / (var + ridge)
-    return a, my - a * mp
+    b = my - a * mp
+    if dims:
+        fit = torch.tensor([d in dims for d in DIMENSIONS], device=pred.device)
+        a, b = torch.where(fit, a, torch.ones_like(a)), torch.where(fit, b, torch.zeros_like(b))
+    return a, b
 
 
 def compose(params: dict, a: torch.Tensor, b: torch.Tensor) -> dict:

@@ -87,8 +87,11 @@ def check_value(key: str, value, tp, rng: str | None = None, choices: tuple | No
             raise _Bad
     except _Bad:
         raise UserError(f"{key} {value!r}: expected {_expected(tp, rng, key)}") from None
-    if choices is not None and new is not None and new not in choices:
-        raise UserError(f"{key} {new!r}: choose one of {', '.join(map(repr, choices))}")
+    # each element of a list field, the value itself otherwise
+    bad = [] if choices is None else [v for v in (new if isinstance(new, tuple) else (new,))
+                                      if v is not None and v not in choices]
+    if bad:
+        raise UserError(f"{key} {bad[0]!r}: choose one of {', '.join(map(repr, choices))}")
     return new
 
 

@@ -13,8 +13,9 @@ quick or paper run; the smoke preset writes both under the run directory instead
 Before the notebooks run, every run their tables need (`experiments.plan.WORKBOOK_PLAN`: the experiments
 the notebooks call, three seeds for the personalization and k-shot tables) is trained and evaluated
 (`pretrain`), `--jobs` runs at a time in worker processes (default: 2 on CPU, 1 on CUDA and for the paper
-preset); the notebooks then find them finished and only read them. `--jobs 0` leaves the training to the
-notebooks, one run after another in their kernels.
+preset); the notebooks then find them finished and only read them, and run `--jobs` at a time too, each in
+its own kernel (`run_notebooks`). `--jobs 0` leaves the training to the notebooks, one notebook and one run
+after another in their kernels.
 
 Every notebook gets the parameters of `WorkbookParams` (papermill injects them after the cell tagged
 "parameters"); a failing notebook stops the run with its name and failing cell, exit status 1.
@@ -41,6 +42,7 @@ import re
 import sys
 import tempfile
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,7 +298,9 @@ def _kernel_environment():
     even without `pip install -e .`), progress bars that redraw every few seconds (each redraw is
     stored as an output of the executed notebook), and BATCH_ENV=1 (widget cells draw static output)."""
     old = {k: os.environ.get(k) for k in ("PYTHONPATH", "TQDM_MININTERVAL", BATCH_ENV)}
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([old["PYTHONPATH"]] if old["PYTHONPATH"] else []))
+    path = [p for p in (old["PYTHONPATH"] or "").split(os.pathsep) if p]
+    # idempotent, so that notebooks run in threads inside one outer use leave the environment as it was
+    os.environ["PYTHONPATH"] = os.pathsep.join(path if path[:1] == [str(REPO)] else [str(REPO)] + path)
     os.environ["TQDM_MININTERVAL"] = "5"
     os.environ[BATCH_ENV] = "1"
     try:
@@ -368,28 +372,56 @@ def run_workbook(
     kernel = kernel or pick_kernel()
     run = Path(params.run_dir)
     run.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     ensure_dataset(params)
-    record = {"params": dataclasses.asdict(params), "kernel": kernel, "notebooks": []}
+    record = {"params": dataclasses.asdict(params), "kernel": kernel, "notebooks": [],
+              "dataset_seconds": round(time.perf_counter() - t0, 2)}
     skipped = {nb: skip_reason(nb, params) for nb in nbs}
     jobs = default_jobs(params) if jobs is None else jobs
     if jobs < 0:
         raise UserError(f"--jobs {jobs}: give the number of runs to train at a time (0: none)")
-    bar = None
+    done: dict[Path, dict] = {}
     try:
         record["pretrain"] = pretrain(params, [nb for nb in nbs if not skipped[nb]], jobs)
-        bar = tqdm(nbs, desc="notebooks", unit="nb")
-        for nb in bar:
-            bar.set_postfix_str(nb.stem)
-            reason = skipped[nb]
-            if reason:
-                print(f"dsaml workbook: skipping {nb.stem}: {reason}", file=sys.stderr)
-                record["notebooks"].append({"name": nb.stem, "seconds": 0.0, "skipped": reason})
-                continue
-            start = time.perf_counter()
-            run_notebook(nb, run / "notebooks" / nb.name, params, kernel, cell_progress, log_output)
-            record["notebooks"].append({"name": nb.stem, "seconds": round(time.perf_counter() - start, 2)})
+        for nb in nbs:
+            if skipped[nb]:
+                print(f"dsaml workbook: skipping {nb.stem}: {skipped[nb]}", file=sys.stderr)
+        t0 = time.perf_counter()
+        run_notebooks([nb for nb in nbs if not skipped[nb]], run / "notebooks", params, kernel,
+                      max(1, jobs), cell_progress, log_output, done)
+        record["notebooks_wall_seconds"] = round(time.perf_counter() - t0, 2)
     finally:
-        if bar is not None:
-            bar.close()
+        record["notebooks"] = [{"name": nb.stem, "seconds": 0.0, "skipped": skipped[nb]} if skipped[nb]
+                               else {"name": nb.stem, **done[nb]} for nb in nbs if skipped[nb] or nb in done]
         (run / "workbook.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def run_notebooks(nbs: list[Path], out: Path, params: WorkbookParams, kernel: str, workers: int = 1,
+                  cell_progress: bool = False, log_output: bool = False, done: dict | None = None
+                  ) -> dict[Path, dict]:
+    """Execute notebooks into out/, `workers` at a time in their own kernels (they only read the pretrained
+    runs); returns (and fills `done` with) notebook -> {"seconds", "started"} (seconds after the first
+    start) for those that finished. The first failure cancels the notebooks not yet started and is raised."""
+    done = {} if done is None else done
+    t0 = time.perf_counter()
+
+    def one(nb: Path) -> None:
+        start = time.perf_counter()
+        run_notebook(nb, out / nb.name, params, kernel, cell_progress and workers == 1, log_output)
+        done[nb] = {"seconds": round(time.perf_counter() - start, 2), "started": round(start - t0, 2)}
+
+    with _kernel_environment(), ThreadPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=len(nbs), desc="notebooks", unit="nb") as bar:
+        todo, running = list(nbs), {}
+        while todo or running:
+            while todo and len(running) < workers:  # a notebook starts only while none has failed
+                nb = todo.pop(0)
+                running[pool.submit(one, nb)] = nb
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                nb = running.pop(fut)
+                fut.result()  # a failure is raised once the other running notebooks end
+                bar.set_postfix_str(nb.stem)
+                bar.update()
+    return done
