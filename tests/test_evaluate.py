@@ -32,7 +32,7 @@ from dsaml_utils.evaluation.results import (
     read_metrics,
     write_metrics,
 )
-from dsaml_utils.evaluation.run import evaluate_run
+from dsaml_utils.evaluation.run import FULL, Scoring, evaluate_run
 from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.features.songs import SongData, align_curve
 from dsaml_utils.io.provenance import code_version, file_digest
@@ -191,6 +191,29 @@ def test_metrics_json_keys_and_provenance(tiny_run, tiny_root, tiny_ds, tmp_path
     (copy / "metrics.json").write_text('{"run": ')
     fresh = evaluate_run(copy, ds=tiny_ds, progress=False, reuse=True)
     assert read_metrics(copy / "metrics.json") == fresh and fresh.model_digest == again.model_digest
+
+
+def test_scoring_narrows_pdmer_and_reuse_covers_it(tiny_run, tiny_ds, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "metrics.json").unlink(missing_ok=True)
+    one = evaluate_run(run, ds=tiny_ds, progress=False, reuse=True, scoring=Scoring((1,), False))
+    assert set(one.pdmer.kshot) == {1} and one.pdmer.same_song is None
+    assert one.pdmer.kshot[1].pairs == 4 and any("not k = 4, the same-song protocol" in n for n in one.pdmer.notes)
+    assert one.config["eval"]["kshots"] == [1, 4]  # the record keeps the run's own config
+    dmer_only = evaluate_run(run, ds=tiny_ds, progress=False, scoring=Scoring((), False), write=False)
+    assert dmer_only.pdmer.kshot == {} and dmer_only.dmer == one.dmer
+    written = (run / "metrics.json").stat().st_mtime_ns
+    # a file that covers what is asked is reused; one that does not is recomputed for both
+    assert evaluate_run(run, ds=tiny_ds, progress=False, reuse=True, scoring=Scoring((), False)) == one
+    assert (run / "metrics.json").stat().st_mtime_ns == written
+    both = evaluate_run(run, ds=tiny_ds, progress=False, reuse=True, scoring=Scoring(None, True))
+    assert set(both.pdmer.kshot) == {1, 4} and both.pdmer.same_song is not None
+    assert not any("scored for what its tables show" in n for n in both.pdmer.notes)
+    assert both.pdmer.kshot[1] == one.pdmer.kshot[1]  # the same seeded draws: k = 1 scores do not change
+    assert evaluate_run(run, ds=tiny_ds, progress=False, reuse=True, scoring=Scoring((1,), False)) == both
+    assert Scoring((1,), False).union(Scoring((4,), True)) == Scoring((1, 4), True)
+    assert Scoring((1,), False).union(FULL) == FULL
 
 
 def fake_metrics(dmer: dict[str, float], kshot: dict[int, tuple[dict, dict]] | None = None,

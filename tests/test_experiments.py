@@ -21,7 +21,8 @@ from dsaml_utils.experiments.plan import (
     workbook_plan,
     workbook_seeds,
 )
-from dsaml_utils.experiments.runner import run_experiment, run_specs
+from dsaml_utils.evaluation.run import FULL, Scoring
+from dsaml_utils.experiments.runner import experiment_scoring, run_experiment, run_specs
 from dsaml_utils.experiments.specs import EXPERIMENTS, RunSpec
 from dsaml_utils.experiments.tables import (
     format_table,
@@ -97,9 +98,16 @@ def test_run_experiment_trains_reuses_and_saves(tiny_ds, tiny_root, tiny_cache, 
     # a second call reuses every run and every metrics.json; a table sharing a run reuses it too
     _, again, _ = run_experiment("personalization", base, [0, 1], tmp_path / "exp", progress=False, ds=tiny_ds)
     assert {m.run: m.created for runs in again.values() for m in runs} == first
+    # personalization scored k = 1 and the same song only; the k-shot table scores the shared run for k = 4
+    # too (k = 1 unchanged), after which both tables reuse it
+    mine = results["DSAML (MAML, personalized tasks)"][0]
+    assert set(mine.pdmer.kshot) == {1} and mine.pdmer.same_song is not None
     k, kres, _ = run_experiment("kshot", base, [0], tmp_path / "exp", progress=False, ds=tiny_ds)
-    assert kres["DSAML"][0].created == results["DSAML (MAML, personalized tasks)"][0].created
+    assert kres["DSAML"][0].run == mine.run and set(kres["DSAML"][0].pdmer.kshot) == {1, 4}
+    assert kres["DSAML"][0].pdmer.kshot[1] == mine.pdmer.kshot[1] and kres["DSAML"][0].pdmer.same_song is not None
     assert set(k.index.get_level_values("k")) == {1, 4}
+    _, third, _ = run_experiment("personalization", base, [0], tmp_path / "exp", progress=False, ds=tiny_ds)
+    assert third["DSAML (MAML, personalized tasks)"][0].created == kres["DSAML"][0].created
     # the MAML row started from the no-MAML row's run of the same seed
     for seed in (0, 1):
         maml = json.loads((tmp_path / "exp" / "dsaml-pdmer-personalized-from-dsaml-dmer-traditional" / f"seed{seed}"
@@ -164,6 +172,12 @@ def test_plan_jobs_dedupe_folders_and_schedule_sources_first(tiny_root, tiny_cac
     # table4: 4 runs; kshot = personalization: 2 more per seed (seed 1: both new); table1: 4 baselines
     assert len(jobs) == 4 + 1 + 2 + 4
     assert tmp_path / "dsaml-dmer-traditional" / "seed1" in folders
+    # each run is scored for every table that reads it
+    scoring = {str(j.folder.relative_to(tmp_path)): j.scoring for j in jobs}
+    assert scoring["crnn-dmer-traditional/seed0"] == Scoring((), False)  # table1 only: DMER
+    assert scoring["dsaml-pdmer-traditional/seed0"] == Scoring((1,), False)  # table4: 1-shot
+    assert scoring["dsaml-dmer-traditional/seed0"] == Scoring(None, True)  # table4, kshot (every k), personalization (same song)
+    assert experiment_scoring("kshot") == Scoring(None, False) and experiment_scoring("table3") == Scoring((), False)
     order = schedule(jobs)
     assert sorted(j.folder for j in order) == sorted(folders)
     position = {j.folder: i for i, j in enumerate(order)}

@@ -4,13 +4,19 @@ A run is scored under its own protocol (config.json) into metrics.json, or under
 (`protocol=`, `dsaml evaluate --protocol`) into metrics-<protocol>.json, so neither file replaces the other.
 The test songs' inputs follow the protocol scored (`training.authors_store`: under "authors" with the
 imagebind encoder, their 44.1 kHz ImageBind input and one global embedding per step).
+
+`Scoring` narrows PDMER to what a table reads (the k of eval.kshots it shows, the same-song protocol or
+not): an experiment scores only that, and metrics.json says so in its PDMER notes. A stored file is reused
+when it covers what is asked; otherwise the run is scored for both. `dsaml evaluate` scores everything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +42,43 @@ from dsaml_utils.training.protocol import rules, warn_leakage
 from dsaml_utils.training.runs import load_run_model, run_fingerprint
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """Which PDMER parts to score: the k of eval.kshots (None: all) and the same-song protocol (None: as
+    eval.same_song says). DMER on the test songs is always scored."""
+
+    kshots: tuple[int, ...] | None = None
+    same_song: bool | None = None
+
+    def union(self, other: "Scoring") -> "Scoring":
+        """What either asks for (None, i.e. all, wins)."""
+        ks = None if None in (self.kshots, other.kshots) else tuple(sorted(set(self.kshots) | set(other.kshots)))
+        same = None if None in (self.same_song, other.same_song) else (self.same_song or other.same_song)
+        return Scoring(ks, same)
+
+    def eval_config(self, cfg: RunConfig):
+        """cfg.eval narrowed to these parts (k outside eval.kshots are not scored)."""
+        ks = tuple(k for k in cfg.eval.kshots if self.kshots is None or k in self.kshots)
+        same = cfg.eval.same_song and (self.same_song is None or self.same_song)
+        return dataclasses.replace(cfg.eval, kshots=ks, same_song=same)
+
+
+FULL = Scoring()
+"""Every part the run's config names."""
+
+
+def covers(m: RunMetrics, ev) -> bool:
+    """True when metrics m scored every part that eval config `ev` (`Scoring.eval_config`) asks for."""
+    if m.pdmer.skipped is not None:
+        return True
+    return set(ev.kshots) <= set(m.pdmer.kshot) and (not ev.same_song or m.pdmer.same_song is not None)
+
+
+def stored_scoring(m: RunMetrics) -> Scoring:
+    """The parts metrics m holds."""
+    return Scoring(tuple(m.pdmer.kshot), m.pdmer.same_song is not None)
+
+
 def metrics_name(cfg: RunConfig, protocol: str | None = None) -> str:
     """metrics.json for the run's own protocol, metrics-<protocol>.json for the other."""
     return "metrics.json" if protocol in (None, cfg.protocol) else f"metrics-{protocol}.json"
@@ -43,12 +86,13 @@ def metrics_name(cfg: RunConfig, protocol: str | None = None) -> str:
 
 def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: FeatureCache | None = None,
                  progress: bool = True, write: bool = True, reuse: bool = False,
-                 protocol: str | None = None) -> RunMetrics:
+                 protocol: str | None = None, scoring: Scoring = FULL) -> RunMetrics:
     """Evaluate a trained run (DMER and PDMER) and write <run>/metrics.json; returns its RunMetrics.
 
     protocol: score under this protocol (None: the run's own) into `metrics_name`.
     reuse: return an existing metrics file when it was made from the current model.pt, config and data
-    (one that is damaged or incomplete is recomputed).
+    and covers `scoring` (one that is damaged or incomplete is recomputed, for its parts and scoring's).
+    scoring: the PDMER parts to score (default: all the config names).
     """
     run = Path(run)
     if not (run / "model.pt").is_file():
@@ -64,7 +108,9 @@ def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: Feat
             and old.protocol_name == protocol):
         ds = ds if ds is not None else load_dataset(cfg.dataset, cfg.root)
         if old.data.fingerprint == run_fingerprint(ds, cfg):
-            return old
+            if covers(old, scoring.eval_config(cfg)):
+                return old
+            scoring = scoring.union(stored_scoring(old))  # score what the file held too
     keep_freed_memory()  # see dsaml_utils.runtime
     t0 = time.perf_counter()
     device = resolve_device(cfg.train.device)
@@ -82,7 +128,11 @@ def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: Feat
     if leaked:
         warn_leakage()
     dmer = evaluate_dmer(model, store, list(ds.test_ids), cfg, device, protocol)
-    pdmer = evaluate_pdmer(model, ds, store, train_ids, list(ds.test_ids), cfg, device, progress, protocol)
+    ev = scoring.eval_config(cfg)
+    pdmer = evaluate_pdmer(model, ds, store, train_ids, list(ds.test_ids), _with_eval(cfg, ev), device, progress,
+                           protocol)
+    if _narrowed(cfg.eval, ev) and pdmer.skipped is None:
+        pdmer = dataclasses.replace(pdmer, notes=[*pdmer.notes, _narrowed(cfg.eval, ev)])
     metrics = RunMetrics(run=str(run), seed=cfg.train.seed, preset=cfg.preset, mode=cfg.mode, strategy=cfg.strategy,
                          model=cfg.model, config=json_data(cfg.to_dict()), data=data, code_version=version,
                          model_digest=model_digest, created=created, train=train_summary, dmer=dmer, pdmer=pdmer,
@@ -91,6 +141,24 @@ def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: Feat
     if write:
         write_metrics(path, metrics)
     return metrics
+
+
+def _with_eval(cfg: RunConfig, ev) -> RunConfig:
+    """A shallow copy of cfg with another eval config (cfg itself, the run's record, is left alone)."""
+    out = RunConfig.__new__(RunConfig)
+    out.__dict__.update(cfg.__dict__, eval=ev)
+    return out
+
+
+def _narrowed(full, ev) -> str:
+    """The PDMER note of a run scored for part of its eval config ("" when scored for all of it)."""
+    left = [f"k = {k}" for k in full.kshots if k not in ev.kshots]
+    if full.same_song and not ev.same_song:
+        left.append("the same-song protocol")
+    if not left:
+        return ""
+    return (f"scored for what its tables show: not {', '.join(left)} (`dsaml evaluate RUN` scores every part "
+            "of the config)")
 
 
 def _stored(path: Path) -> RunMetrics | None:

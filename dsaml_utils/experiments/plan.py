@@ -28,6 +28,7 @@ from dsaml_utils.data.registry import load_dataset
 from dsaml_utils.errors import UserError
 from dsaml_utils.experiments.runner import (
     Job,
+    experiment_scoring,
     experiment_specs,
     spec_jobs,
     train_and_evaluate,
@@ -63,14 +64,16 @@ def workbook_seeds(name: str, seed: int = 0) -> list[int]:
 
 def plan_jobs(plan: dict[str, list[int]], base: RunConfig, out: str | Path) -> list[Job]:
     """Every distinct run (one per folder) that the plan's experiments need, sources before the runs that
-    start from them; a folder that two experiments would fill with different settings is an error."""
+    start from them, each scored for every experiment that reads it; a folder that two experiments would
+    fill with different settings is an error."""
     jobs: dict[Path, Job] = {}
     for name, seeds in plan.items():
-        for job in spec_jobs(experiment_specs(name, base), base, seeds, out):
+        for job in spec_jobs(experiment_specs(name, base), base, seeds, out, experiment_scoring(name)):
             old = jobs.setdefault(job.folder, job)
             if old is not job and old.cfg.settings() != job.cfg.settings():
                 raise UserError(f"{job.folder}: {name} row {job.row!r} and row {old.row!r} need different "
                                 "settings in the same run folder")
+            old.scoring = old.scoring.union(job.scoring)
     return list(jobs.values())
 
 

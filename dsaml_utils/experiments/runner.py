@@ -13,6 +13,10 @@ Under protocol "authors" (`base.protocol`) the runs live in <out>/authors/ and a
 `spec_jobs` says which run folders an experiment needs (and which run each starts from); `run_specs`
 trains them one after another, `experiments.plan.train_plan` several at a time in worker processes.
 Both train and evaluate a run with `train_and_evaluate`, so the folders and their contents are the same.
+
+A run is scored for what its experiment's table shows (`experiment_scoring`): DMER tables no PDMER,
+1-shot tables k = 1, the k-shot table every k, the personalization table k = 1 and the same-song protocol.
+A run that several experiments share is scored for all of them (`evaluation.run.Scoring.union`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 from dsaml_utils.data.registry import load_dataset
 from dsaml_utils.errors import RunConflict, UserError
 from dsaml_utils.evaluation.results import RunMetrics
-from dsaml_utils.evaluation.run import evaluate_run
+from dsaml_utils.evaluation.run import FULL, Scoring, evaluate_run
 from dsaml_utils.experiments.specs import EXPERIMENTS, RunSpec
 from dsaml_utils.experiments.tables import (
     kshot_table,
@@ -48,6 +52,7 @@ class Job:
     cfg: RunConfig
     folder: Path
     after: Path | None = None  # the run this one starts from (cfg.init): train it first
+    scoring: Scoring = FULL  # the PDMER parts its tables read (evaluation.run.Scoring)
 
 
 def experiment_specs(name: str, base: RunConfig) -> list[RunSpec]:
@@ -60,8 +65,18 @@ def experiment_specs(name: str, base: RunConfig) -> list[RunSpec]:
     return specs
 
 
-def spec_jobs(specs: list[RunSpec], base: RunConfig, seeds: list[int], out: str | Path) -> list[Job]:
-    """Every (spec, seed) run under `out`, in an order that trains a run's `init_from` source first."""
+def experiment_scoring(name: str) -> Scoring:
+    """The PDMER parts an experiment's table reads (by its "part"): none for DMER, k = 1 for the PDMER
+    tables, every k for the k-shot table, k = 1 and the same-song protocol for personalization."""
+    part = EXPERIMENTS[name]["part"]
+    return {"dmer": Scoring((), False), "pdmer": Scoring((1,), False), "kshot": Scoring(None, False),
+            "personalization": Scoring((1,), True)}[part]
+
+
+def spec_jobs(specs: list[RunSpec], base: RunConfig, seeds: list[int], out: str | Path,
+              scoring: Scoring = FULL) -> list[Job]:
+    """Every (spec, seed) run under `out`, in an order that trains a run's `init_from` source first; each
+    scored for `scoring`."""
     if not seeds:
         raise UserError("give at least one seed")
     out = protocol_dir(out, base)
@@ -79,7 +94,7 @@ def spec_jobs(specs: list[RunSpec], base: RunConfig, seeds: list[int], out: str 
                 after = out / source.slug() / f"seed{seed}"
                 cfg.init = str(after)
                 slug += "-from-" + source.slug()
-            jobs.append(Job(spec.name, int(seed), cfg, out / slug / f"seed{seed}", after))
+            jobs.append(Job(spec.name, int(seed), cfg, out / slug / f"seed{seed}", after, scoring))
     return jobs
 
 
@@ -97,14 +112,15 @@ def train_and_evaluate(job: Job, ds, cache: FeatureCache, progress: bool = True)
         train(job.cfg, job.folder, ds=ds, cache=cache, progress=progress)
     except RunConflict as exc:
         raise RunConflict(f"{exc}. (Runs are reused by folder: use another --out for changed settings)")
-    metrics = evaluate_run(job.folder, ds=ds, cache=cache, progress=progress, reuse=True)
+    metrics = evaluate_run(job.folder, ds=ds, cache=cache, progress=progress, reuse=True, scoring=job.scoring)
     return metrics, trained, time.perf_counter() - t0
 
 
 def run_specs(specs: list[RunSpec], base: RunConfig, seeds: list[int], out: str | Path,
-              progress: bool = True, ds=None) -> dict[str, list[RunMetrics]]:
-    """Train (or reuse) and evaluate every spec for every seed; returns row name -> RunMetrics per seed."""
-    jobs = spec_jobs(specs, base, seeds, out)
+              progress: bool = True, ds=None, scoring: Scoring = FULL) -> dict[str, list[RunMetrics]]:
+    """Train (or reuse) and evaluate every spec for every seed (PDMER: the parts of `scoring`); returns row
+    name -> RunMetrics per seed."""
+    jobs = spec_jobs(specs, base, seeds, out, scoring)
     ds = ds if ds is not None else load_dataset(base.dataset, base.root)
     cache = FeatureCache(base.cache_dir)
     results: dict[str, list[RunMetrics]] = {s.name: [] for s in specs}
@@ -120,7 +136,7 @@ def run_experiment(name: str, base: RunConfig, seeds: list[int], out: str | Path
     """Run one experiment of EXPERIMENTS; returns (numeric table, results, (md, csv) paths)."""
     specs = experiment_specs(name, base)
     exp = EXPERIMENTS[name]
-    results = run_specs(specs, base, seeds, out, progress=progress, ds=ds)
+    results = run_specs(specs, base, seeds, out, progress=progress, ds=ds, scoring=experiment_scoring(name))
     part = exp["part"]
     if part == "kshot":
         df = kshot_table(results, base.eval.kshots)

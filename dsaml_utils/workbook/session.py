@@ -24,7 +24,7 @@ from dsaml_utils.errors import RunConflict, UserError
 from dsaml_utils.evaluation.compare import protocol_table
 from dsaml_utils.evaluation.results import RunMetrics
 from dsaml_utils.experiments.plan import workbook_seeds
-from dsaml_utils.experiments.runner import run_experiment, run_specs, spec_jobs
+from dsaml_utils.experiments.runner import experiment_scoring, run_experiment, run_specs, spec_jobs
 from dsaml_utils.experiments.specs import EXPERIMENTS
 from dsaml_utils.features.cache import FeatureCache
 from dsaml_utils.features.frame_files import ensure_features
@@ -142,7 +142,7 @@ class Session:
         returns its metrics record."""
         with notebook_hints():
             res = run_specs(self._row_specs(experiment, row), self.run_config(), [self.seed], self.run_dir / "runs",
-                            progress=progress, ds=self.dataset())
+                            progress=progress, ds=self.dataset(), scoring=experiment_scoring(experiment))
         return res[row][0]
 
     def protocols(self, experiment: str, row: str, progress: bool = True) -> pd.DataFrame:
