@@ -323,7 +323,7 @@ REASONS = {
     "model_config": "a smaller model (quick: DSAMLConfig.quick, D 64, 2 layers, 2 heads, FFN 128, adapter "
                     "channels 4/8, instead of D 1024, 3 layers, 16 heads, FFN 2048)",
     "train.steps": "100 updates instead of the paper's 2000 episodes, at a larger learning rate, so that the "
-                   "workbook's 21 runs fit on 2 CPU cores; measured (seed 0, 40 ms hop): DMER test-song CCC "
+                   "workbook's 32 runs fit on 2 CPU cores; measured (seed 0, 40 ms hop): DMER test-song CCC "
                    "arousal 0.809 / valence 0.462 after 200 updates, 0.650 / 0.369 after 100 (docs/performance.md)",
     "train.lr": "lr 1e-3 instead of 5e-5, for the few updates",
     "train.batch_size": "16 windows per dmer update (= 4 tasks x 4 query songs of a meta-step, so both modes "
