@@ -12,6 +12,7 @@ when it covers what is asked; otherwise the run is scored for both. `dsaml evalu
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as _dt
 import json
@@ -129,10 +130,12 @@ def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: Feat
         warn_leakage()
     dmer = evaluate_dmer(model, store, list(ds.test_ids), cfg, device, protocol)
     ev = scoring.eval_config(cfg)
-    pdmer = evaluate_pdmer(model, ds, store, train_ids, list(ds.test_ids), _with_eval(cfg, ev), device, progress,
-                           protocol)
-    if _narrowed(cfg.eval, ev) and pdmer.skipped is None:
-        pdmer = dataclasses.replace(pdmer, notes=[*pdmer.notes, _narrowed(cfg.eval, ev)])
+    scored = copy.copy(cfg)  # not dataclasses.replace: its check() refuses the empty kshots of a DMER-only table
+    scored.eval = ev
+    pdmer = evaluate_pdmer(model, ds, store, train_ids, list(ds.test_ids), scored, device, progress, protocol)
+    note = _narrowed(cfg.eval, ev)
+    if note and pdmer.skipped is None:
+        pdmer = dataclasses.replace(pdmer, notes=[*pdmer.notes, note])
     metrics = RunMetrics(run=str(run), seed=cfg.train.seed, preset=cfg.preset, mode=cfg.mode, strategy=cfg.strategy,
                          model=cfg.model, config=json_data(cfg.to_dict()), data=data, code_version=version,
                          model_digest=model_digest, created=created, train=train_summary, dmer=dmer, pdmer=pdmer,
@@ -141,13 +144,6 @@ def evaluate_run(run: str | Path, *, ds: MusicDataset | None = None, cache: Feat
     if write:
         write_metrics(path, metrics)
     return metrics
-
-
-def _with_eval(cfg: RunConfig, ev) -> RunConfig:
-    """A shallow copy of cfg with another eval config (cfg itself, the run's record, is left alone)."""
-    out = RunConfig.__new__(RunConfig)
-    out.__dict__.update(cfg.__dict__, eval=ev)
-    return out
 
 
 def _narrowed(full, ev) -> str:
