@@ -148,11 +148,16 @@ def test_run_reports_failing_cell_and_cli_exits_nonzero(tmp_path, capsys):
     assert record["pretrain"]["runs"] == 0 and record["pretrain"]["plan"] == {}  # no notebook uses a run
 
 
-def test_notebooks_run_two_at_a_time_and_keep_their_order(tmp_path, capsys):
-    """With --jobs 2 two kernels run at once: each notebook waits for the other's file (60 s at most)."""
+def test_notebooks_run_two_at_a_time_and_keep_their_order(tmp_path, capsys, monkeypatch):
+    """With --jobs 2 two kernels run at once: each notebook waits for the other's file (60 s at most). Each
+    kernel runs in its notebook's folder, and the workbook never changes the working directory of its own
+    process, which the threads running notebooks share (a chdir there once started a kernel elsewhere)."""
     wait = ("import time\nfrom pathlib import Path\nPath(run_dir, '{me}').write_text('x')\n"
+            "assert Path.cwd().name == 'nbs', Path.cwd()\n"
             "t0 = time.time()\nwhile not Path(run_dir, '{other}').exists():\n"
             "    assert time.time() - t0 < 60, 'the other notebook never ran alongside'\n    time.sleep(0.1)")
+    moved = []
+    monkeypatch.setattr(os, "chdir", lambda path: moved.append(path))
     nbs = tmp_path / "nbs"
     _write_nb(nbs / "00_a.ipynb", wait.format(me="a", other="b"), params="run_dir = '.'")
     _write_nb(nbs / "01_b.ipynb", wait.format(me="b", other="a"), params="run_dir = '.'")
@@ -164,6 +169,8 @@ def test_notebooks_run_two_at_a_time_and_keep_their_order(tmp_path, capsys):
     assert [n["name"] for n in record["notebooks"]] == ["00_a", "01_b"]
     assert 0 < record["notebooks_wall_seconds"] < sum(n["seconds"] for n in record["notebooks"])
     assert "notebooks (wall, 2 at a time)" in capsys.readouterr().out
+    # papermill's file handler enters and leaves the working directory around each save: never another one
+    assert {str(Path(m).resolve()) for m in moved} <= {str(Path.cwd().resolve())}
 
 
 def test_cli_fresh_removes_earlier_outputs_only(tmp_path, capsys):

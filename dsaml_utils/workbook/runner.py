@@ -328,7 +328,9 @@ def run_notebook(src: Path, dest: Path, params: WorkbookParams, kernel: str, pro
         try:
             pm.execute_notebook(str(src), str(dest), parameters=dataclasses.asdict(params), kernel_name=kernel,
                                 config=config, progress_bar=progress, log_output=log_output,
-                                cwd=str(src.parent),
+                                # the kernel starts in the notebook's folder; papermill's cwd= would chdir
+                                # this whole process, which the notebooks running in other threads share
+                                resources={"metadata": {"path": str(src.parent)}},
                                 # the kernel's own log only reports shutdown chatter here; errors inside
                                 # the notebook still reach the executed copy and NotebookFailed
                                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
