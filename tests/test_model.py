@@ -467,6 +467,52 @@ def test_adapter_forward_equals_its_modules_in_order(norm, train):
         torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("size", [(12, 25), (51, 128), (2, 3)])
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_first_block_equals_its_modules_at_every_size_parity(size, train):
+    """The four-phase convolution-and-pool handles the pool's padding for odd and even map sizes."""
+    torch.manual_seed(1)
+    fast = Adapter(DSAMLConfig.quick(n_frames=size[0], n_mels=size[1]))
+    slow = copy.deepcopy(fast)
+    fast.train(train), slow.train(train)
+    mel = torch.randn(5, *size)
+    out_fast, out_slow = fast(mel), module_by_module(slow, mel)
+    torch.testing.assert_close(out_fast, out_slow, rtol=1e-4, atol=1e-5)
+    out_fast.square().sum().backward(), out_slow.square().sum().backward()
+    scale = max(p.grad.abs().max() for p in slow.parameters())  # (in train mode the conv bias's is ~0)
+    for (name, p), q in zip(fast.named_parameters(), slow.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5 * scale, msg=name)
+
+
+def test_pool_ties_go_to_the_first_pixel_as_in_max_pool():
+    """Constant stretches of log-mel (silence at the floor) tie inside pooling windows: the weight gradient
+    is the module's, which gives each window's gradient to its first maximal pixel."""
+    torch.manual_seed(2)
+    fast = Adapter(DSAMLConfig.quick(n_frames=13, n_mels=24)).eval()
+    slow = copy.deepcopy(fast)
+    mel = torch.randn(4, 13, 24)
+    mel[:2] = -80.0  # two silent slices: every window of their maps ties
+    mel[2, :, :12] = -80.0
+    out_fast, out_slow = fast(mel), module_by_module(slow, mel)
+    torch.testing.assert_close(out_fast, out_slow, rtol=1e-4, atol=1e-5)
+    up = torch.randn_like(out_fast)
+    out_fast.backward(up), out_slow.backward(up)
+    torch.testing.assert_close(fast.block1[0].weight.grad, slow.block1[0].weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.block1[0].bias.grad, slow.block1[0].bias.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_adapter_gives_the_input_its_gradient_when_asked():
+    torch.manual_seed(3)
+    fast = Adapter(DSAMLConfig.quick(n_frames=13, n_mels=24))
+    slow = copy.deepcopy(fast)
+    grads = []
+    for f in (fast, lambda m: module_by_module(slow, m)):
+        mel = torch.randn(6, 13, 24, generator=torch.Generator().manual_seed(4)).requires_grad_()
+        f(mel).square().sum().backward()
+        grads.append(mel.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+
+
 def test_adapter_second_order_gradient_equals_its_modules_in_order():
     torch.manual_seed(0)
     fast = Adapter(DSAMLConfig.quick(n_frames=13, n_mels=24))

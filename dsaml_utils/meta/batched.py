@@ -139,7 +139,8 @@ def vmap_ready(model: nn.Module) -> Iterator[nn.Module]:
     runs batched; nn.LSTM / nn.GRU have no batching rule, so this is also what makes them run at all.
     Supports vmap with plain autograd outside it (not torch.func.grad inside vmap).
     """
-    patched = [m for name, m in model.named_modules() if name in set(per_task_modules(model))]
+    names = set(per_task_modules(model))
+    patched = [m for name, m in model.named_modules() if name in names]
     for m in patched:
         m.forward = functools.partial(_per_task_forward, m)
     try:

@@ -51,6 +51,7 @@ import torch
 import torch.nn as nn
 
 from dsaml_utils.errors import UserError
+from dsaml_utils.models.adapter_blocks import block_forward
 from dsaml_utils.models.layers import BiRNN, PresetConfig, per_step, require, step_mask
 
 ATTN_TARGETS = {"paper": (0.5, 0.05), "authors": (0.9, 0.1)}
@@ -159,15 +160,9 @@ class Adapter(nn.Module):
     """Local feature extractor: per-slice log-mel [F, M] -> D (paper Fig. 3, authors' sizes).
 
     Each block is conv -> norm -> ReLU -> max-pool (the modules, and so the state dict, are in that
-    order). Forward computes the same function in a cheaper order, exact up to float rounding:
-    - ReLU after the max-pool (max and ReLU commute), so ReLU touches a quarter of the values;
-    - BatchNorm folded into the convolution: in eval mode from the running statistics; in train mode
-      for the first block from batch statistics computed from the input alone (its convolution has one
-      input channel and a 3 x 1 kernel, so each channel's mean and variance are a quadratic form of
-      four sums over the slices: sum, sum of squares, and the lag-1 and lag-2 products along frames).
-      The running statistics are updated exactly as nn.BatchNorm2d does.
-    Activations are channels-last. Measured alone on 2 CPU cores: 1.1-1.2x faster than the modules in
-    order (docs/performance.md).
+    order). Forward computes the same function in a cheaper order, exact up to float rounding
+    (`models.adapter_blocks`: norm folded into the convolution or applied after the pool, ReLU after the
+    pool, the first block's convolution and pool fused, channels-last activations).
     """
 
     def __init__(self, cfg: DSAMLConfig):
@@ -195,77 +190,9 @@ class Adapter(nn.Module):
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """[N, F, M] -> [N, D]."""
         x = mel[:, None].contiguous(memory_format=torch.channels_last)  # 1 channel: the same memory order
-        h = _block(self.block1, x, first=True)
-        h = _block(self.block2, h, first=False)
+        h = block_forward(self.block1, x, first=True)
+        h = block_forward(self.block2, h, first=False)
         return self.proj(self.reduce(h).flatten(1))
-
-
-def _block(block: nn.Sequential, x: torch.Tensor, first: bool) -> torch.Tensor:
-    """conv -> norm -> ReLU -> max-pool of one adapter block, computed as conv' -> pool -> ReLU (exact).
-
-    A BatchNorm is a per-channel affine map of the convolution's output, so it folds into the convolution
-    (weights and bias rescaled) whenever its statistics are known without computing that output: the
-    running statistics in eval mode, the closed-form batch statistics of the first block in train mode.
-    Activations are channels-last, where CPU max-pooling is vectorised over channels.
-    """
-    conv, norm, relu, pool = block
-    batch = norm.training or getattr(norm, "running_mean", None) is None
-    if not isinstance(norm, nn.BatchNorm2d) or (batch and not first):
-        return relu(pool(norm(conv(x))))
-    if batch:
-        n = x.shape[0] * _out_pixels(x, conv)  # values per channel of the conv's output
-        mean, var = _first_block_stats(x, conv, n)
-        _update_running_stats(norm, mean, var, n)
-    else:
-        mean, var = norm.running_mean, norm.running_var
-    scale = torch.rsqrt(var + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = ((conv.bias - mean) if conv.bias is not None else -mean) * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias
-    y = nn.functional.conv2d(x, conv.weight * scale[:, None, None, None], shift, conv.stride, conv.padding)
-    return relu(pool(y))
-
-
-def _out_pixels(x: torch.Tensor, conv: nn.Conv2d) -> int:
-    """Output pixels per slice of a stride-1 convolution."""
-    (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
-    return (x.shape[-2] + 2 * ph - kh + 1) * (x.shape[-1] + 2 * pw - kw + 1)
-
-
-def _first_block_stats(x: torch.Tensor, conv: nn.Conv2d, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch mean and biased variance per channel of conv(x) for a 1-channel, 3 x 1, row-padding-2 conv.
-
-    Every output pixel is w . (x[h-2], x[h-1], x[h]) + b over the zero-padded input, and each of the three
-    shifted copies holds all of x; so over the n output pixels the mean is mu * sum(w) + b and the
-    variance w^T C w, with C[k, l] = (lag_|k-l| / n) - mu^2 (lag_d = sum of x[h] x[h + d] along frames).
-    Sums in float64: the log-mel mean is large against its spread.
-    """
-    if conv.kernel_size != (3, 1) or conv.padding != (2, 1) or conv.in_channels != 1 or conv.stride != (1, 1):
-        raise UserError(f"adapter: no closed-form statistics for {conv}")
-    x = x[:, 0]
-    f64 = torch.float64
-    mu = x.sum(dtype=f64) / n
-    lags = torch.stack([(x * x).sum(dtype=f64), (x[:, 1:] * x[:, :-1]).sum(dtype=f64),
-                        (x[:, 2:] * x[:, :-2]).sum(dtype=f64)]) / n
-    idx = torch.tensor([[0, 1, 2], [1, 0, 1], [2, 1, 0]], device=x.device)
-    cov = lags[idx] - mu * mu  # [3, 3]
-    w = conv.weight.reshape(conv.out_channels, 3).to(f64)
-    mean = mu * w.sum(1) + (conv.bias.to(f64) if conv.bias is not None else 0.0)
-    var = ((w @ cov) * w).sum(1).clamp(min=0.0)
-    return mean.to(x.dtype), var.to(x.dtype)
-
-
-@torch.no_grad()
-def _update_running_stats(norm: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
-    """What nn.BatchNorm2d does to its running statistics in a train-mode forward (unbiased variance)."""
-    if not (norm.training and norm.track_running_stats and norm.running_mean is not None):
-        return
-    norm.num_batches_tracked.add_(1)
-    m = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
-    norm.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-    norm.running_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1, 1)), alpha=m)
 
 
 class SelfAttention(nn.Module):
