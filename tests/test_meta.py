@@ -304,3 +304,50 @@ def test_batched_first_order_never_changes_the_model_weights_in_place(n_tasks, c
     for k, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), before[k], rtol=0, atol=0, msg=k)
     assert_close(got, want, atol=1e-5)
+
+
+# ------------------------------------------------------------------ a front end kept at the meta-parameters
+
+NOT_ADAPTER = ("fusion", "transformer", "predictor", "global_proj")
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_frozen_front_end_is_inner_params_without_it_with_the_support_features_once(first_order):
+    """meta.adapt_front_end false: the meta-gradient is that of adapting every other parameter (the adapter's
+    features of the support do not change over the inner steps), the loop and the batched path agree, and the
+    adapter runs once per task on the support instead of at every inner step."""
+    torch.manual_seed(7)
+    model = DSAML(DSAMLConfig.quick(dropout=0.0, global_dim=16, n_frames=11, n_mels=24)).double()
+    tasks = dsaml_tasks(model)
+    base = dict(inner_steps=3, inner_lr=0.05, first_order=first_order)
+    frozen = MetaConfig(**base, adapt_front_end=False)
+    listed = MetaConfig(**base, inner_params=NOT_ADAPTER)
+    twin, calls = copy.deepcopy(model), []
+    twin.adapter.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    batched = meta_grad(model, tasks, frozen, batched=True)
+    loop = meta_grad(twin, tasks, frozen, batched=False)
+    want = meta_grad(copy.deepcopy(model), tasks, listed, batched=False)
+    assert_close(batched, loop)
+    assert_close(loop, want)
+    assert max(v.abs().max().item() for k, v in want.items() if k.startswith("adapter.")) > 0  # meta-learnt
+    support, query = 8, 16  # slices per task: 1 support and 2 query windows of 8 steps
+    assert sorted(calls) == sorted([support] * len(tasks) + [query] * len(tasks))
+
+
+def test_frozen_front_end_personalizes_everything_but_the_adapter():
+    torch.manual_seed(8)
+    model = DSAML(DSAMLConfig.quick(dropout=0.0, global_dim=16, n_frames=11, n_mels=24))
+    support, _ = dsaml_tasks(model.double(), n=1)[0]
+    fast = personalize(model, support, MetaConfig(inner_steps=2, inner_lr=0.05, adapt_front_end=False))
+    moved = {k for k, v in trainable_params(model).items() if not torch.equal(fast[k], v.detach())}
+    assert moved and not any(k.startswith("adapter.") for k in moved)
+    assert {k.split(".")[0] for k in moved} == {"global_proj", "fusion", "transformer", "predictor"}
+
+
+def test_a_model_without_a_front_end_ignores_the_setting():
+    torch.manual_seed(9)
+    model = MLP().double()
+    tasks = make_tasks()
+    cfg = MetaConfig(inner_steps=2, inner_lr=0.1)
+    assert_close(meta_grad(model, tasks, MetaConfig(inner_steps=2, inner_lr=0.1, adapt_front_end=False), True),
+                 meta_grad(copy.deepcopy(model), tasks, cfg, True))

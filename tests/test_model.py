@@ -543,3 +543,31 @@ def test_song_prediction_with_local_features_once_equals_window_by_window():
     windowed = [predict_song(model, sd, 30, 10), predict_song(model, sd, 30, 10, params)]
     for a, b in zip(once, windowed):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rel_pos", ["key", "bias"])
+@pytest.mark.parametrize("band", [0, 3, 30])
+def test_attention_scores_only_the_distances_its_band_allows_with_the_same_result(rel_pos, band):
+    """Transformer(x, allowed, band) scores relative distances up to the band only: pairs farther apart are
+    masked anyway, so outputs, maps and gradients equal the unbanded call's."""
+    from dsaml_utils.models.dsaml import Transformer
+    torch.manual_seed(11)
+    cfg = DSAMLConfig.quick(rel_pos=rel_pos, dropout=0.0, max_rel_distance=20)
+    net = Transformer(cfg)
+    if rel_pos == "bias":
+        torch.nn.init.normal_(net.layers[0].attn.rel)
+    x = torch.randn(3, 25, cfg.d_model)
+    mask = torch.ones(3, 25, dtype=torch.bool)
+    mask[2, 18:] = False
+    allowed = (mask[:, None, :] | torch.eye(25, dtype=torch.bool)) & band_mask(25, band)
+    outs = []
+    for b in (band, None):
+        net.zero_grad()
+        h, probs = net(x, allowed, b)
+        (h.square().sum() + probs.square().sum()).backward()
+        outs.append((h, probs, [p.grad.clone() for p in net.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-6)
+    scale = max(h.abs().max().item() for h in outs[1][2])
+    for g, h in zip(outs[0][2], outs[1][2]):
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6 * scale)

@@ -47,8 +47,9 @@ from dsaml_utils.meta.maml import (
     _stat_buffer_names,
     _write_back_chained,
     _write_back_mean,
+    adapted_names,
     default_loss,
-    inner_names,
+    frozen_front_end,
     meta_loss_loop,
     trainable_params,
 )
@@ -101,6 +102,9 @@ class _PerTask(torch.autograd.Function):
         for i in range(info.batch_size):
             own = [a if d is None else a.select(d, i) for a, d in zip(args, dims)]
             state, inputs = dict(zip(names, own[:n_tensors])), tuple(own[n_tensors:])
+            if _plain_lstm(module, inputs):
+                outs.append(_lstm_call(module, state, inputs[0]))
+                continue
             with _unpatched(module):
                 outs.append(functional_call(module, state, inputs))
         leaves, spec = tree_flatten(outs[0])
@@ -108,6 +112,23 @@ class _PerTask(torch.autograd.Function):
         stacked = [torch.stack(c) if torch.is_tensor(c[0]) else c[0] for c in columns]
         dims = [0 if torch.is_tensor(x) else None for x in leaves]
         return tree_unflatten(stacked, spec), tree_unflatten(dims, spec)
+
+
+def _plain_lstm(module: nn.Module, inputs: tuple) -> bool:
+    """An nn.LSTM called on a batched [B, T, E] input alone, without projections: `_lstm_call` runs it."""
+    return (type(module) is nn.LSTM and len(inputs) == 1 and module.batch_first and not module.proj_size
+            and inputs[0].dim() == 3)
+
+
+def _lstm_call(module: nn.LSTM, state: dict, x: torch.Tensor):
+    """What module(x) returns, with the weights in `state`: torch.lstm directly, without reparametrizing the module
+    (functional_call swaps every tensor in and out, which costs more than these small LSTMs' kernels)."""
+    layers = module.num_layers * (2 if module.bidirectional else 1)
+    h0 = x.new_zeros(layers, x.shape[0], module.hidden_size)
+    weights = [state[n] for n in module._flat_weights_names]
+    out, h, c = torch.lstm(x, (h0, h0), weights, module.bias, module.num_layers, float(module.dropout),
+                           module.training, module.bidirectional, True)
+    return out, (h, c)
 
 
 @contextlib.contextmanager
@@ -215,9 +236,9 @@ def _task_losses(model: nn.Module, loss_fn: LossFn, shared: dict) -> Callable:
 
 
 def _adapt_batched(losses: Callable, params: dict[str, torch.Tensor], stats: dict, support: Batch, n: int,
-                   cfg: MetaConfig) -> dict[str, torch.Tensor]:
+                   cfg: MetaConfig, frozen: str | None = None) -> dict[str, torch.Tensor]:
     """Adapted parameters [n, ...] of n tasks, differentiable in `params` (to second order if asked)."""
-    names = inner_names(params, cfg.inner_params)
+    names = adapted_names(params, cfg, frozen)
     if not cfg.first_order:
         fast = {k: v.unsqueeze(0).expand(n, *v.shape) for k, v in params.items()}
         for _ in range(cfg.inner_steps):
@@ -243,6 +264,16 @@ def _adapt_batched(losses: Callable, params: dict[str, torch.Tensor], stats: dic
                     fast[k] = _copies_like(params[k].detach(), g)
                 fast[k].add_(g, alpha=-cfg.inner_lr)
     return {k: _Attach.apply(fast[k].detach(), params[k]) for k in params}
+
+
+def _with_local_batched(model: nn.Module, shared: dict, params: dict, stats: dict, support: Batch,
+                        cfg: MetaConfig) -> Batch:
+    """`meta.maml.with_local` for every task at once: the meta-parameters' front end on each task's support."""
+    def local(st, batch):
+        return functional_call(model, (params, shared, st), (batch,), {"local_only": True})["local"]
+
+    with torch.set_grad_enabled(not cfg.first_order):
+        return dict(support, local=vmap(local, in_dims=(0, 0), randomness="different")(stats, support))
 
 
 def _calibrated_batched(model: nn.Module, shared: dict, fast: dict, stats: dict, support: Batch,
@@ -275,6 +306,7 @@ def meta_loss_batched(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig =
     stats = {k: v.unsqueeze(0).repeat(len(tasks), *[1] * v.dim()) for k, v in model.named_buffers()
              if k in stat_names}
     losses = _task_losses(model, loss_fn, shared)
+    frozen = frozen_front_end(model, params, cfg)
     chunk = cfg.task_chunk or len(tasks)
     out = []
     with vmap_ready(model), _meta_context(not cfg.first_order):
@@ -283,12 +315,15 @@ def meta_loss_batched(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig =
             support = stack_batches([s for s, _ in part])
             query = stack_batches([q for _, q in part])
             st = {k: v[i:i + chunk] for k, v in stats.items()}  # views: updates land in `stats`
-            fast = _adapt_batched(losses, params, st, support, len(part), cfg)
+            if frozen:  # the front end's features of each support, once (per task: its own batch statistics)
+                support = _with_local_batched(model, shared, params, st, support, cfg)
+            fast = _adapt_batched(losses, params, st, support, len(part), cfg, frozen)
             if cfg.calibrate is not None:
                 fast = _calibrated_batched(model, shared, fast, st, support, cfg)
             out.append(losses(fast, st, query))
     if stat_names and share_stats:
-        _write_back_chained(model, stats, cfg.inner_steps + 1)  # inner steps on the support, then the query
+        # train-mode forwards of the front end per task: the support's (each inner step, or once), then the query's
+        _write_back_chained(model, stats, (1 if frozen else cfg.inner_steps) + 1)
     elif stat_names:
         _write_back_mean(model, stats)
     return torch.cat(out).mean()

@@ -50,6 +50,9 @@ class MetaConfig:
     calibrate: float | None = None  # after the inner steps, fit the output affine (models.calibration) to the
     # support in closed form, with this ridge towards gain 1; None: no output affine (the paper)
     calibrate_dims: tuple[str, ...] = ()  # the dimensions ("arousal", "valence") the affine is fitted on; () = both
+    adapt_front_end: bool = True  # the inner loop adapts the model's front end too (the paper: every parameter);
+    # False: a model that names one (DSAML: `front_end = "adapter"`) keeps it at the meta-parameters, so its
+    # features of the support are computed once per task (batch key "local") instead of at every inner step
 
 
 def inner_names(params: dict[str, torch.Tensor], prefixes: Sequence[str] = ()) -> list[str]:
@@ -61,6 +64,28 @@ def inner_names(params: dict[str, torch.Tensor], prefixes: Sequence[str] = ()) -
         raise ValueError(f"meta.inner_params {tuple(prefixes)} matches no parameter (names look like "
                          f"{next(iter(params), '?')!r})")
     return names
+
+
+def frozen_front_end(model: nn.Module, params: dict[str, torch.Tensor], cfg: MetaConfig) -> str | None:
+    """The prefix of the model's front end that the inner loop leaves alone (MetaConfig.adapt_front_end), or None."""
+    prefix = getattr(model, "front_end", None)
+    if cfg.adapt_front_end or not prefix or not any(k.startswith(prefix + ".") for k in params):
+        return None
+    return prefix
+
+
+def adapted_names(params: dict[str, torch.Tensor], cfg: MetaConfig, frozen: str | None = None) -> list[str]:
+    """`inner_names` of cfg.inner_params, less the frozen front end's parameters."""
+    names = [k for k in inner_names(params, cfg.inner_params) if not (frozen and k.startswith(frozen + "."))]
+    if not names:
+        raise ValueError(f"meta.inner_params {tuple(cfg.inner_params)} leaves nothing to adapt once the front end "
+                         f"{frozen!r} is kept (meta.adapt_front_end false)")
+    return names
+
+
+def with_local(model: nn.Module, state: tuple, batch: Batch) -> Batch:
+    """batch plus key "local": the front end's features of it under `state` (parameters, buffers)."""
+    return dict(batch, local=functional_call(model, state, (batch,), {"local_only": True})["local"])
 
 
 def default_loss(out: dict, batch: Batch) -> torch.Tensor:
@@ -132,15 +157,21 @@ def _meta_context(second_order: bool) -> Iterator[None]:
 def adapt(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
           support_batch: Batch, loss_fn: LossFn = default_loss, steps: int = 16, lr: float = 5e-3,
           create_graph: bool = False, only: Sequence[str] = (), calibrate: float | None = None,
-          calibrate_dims: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+          calibrate_dims: Sequence[str] = (), adapt_front_end: bool = True) -> dict[str, torch.Tensor]:
     """`steps` SGD steps on the support batch from `params`; returns the adapted parameters.
 
     With create_graph the result is differentiable to second order in `params`; without it the inner
     gradients are constants (first order), but the result still depends on `params` (identity Jacobian).
     `only`: name prefixes of the parameters to adapt (MetaConfig.inner_params); the rest pass through.
     `calibrate`: then the output affine fitted to the support (`calibrate`, its ridge) on `calibrate_dims`.
+    `adapt_front_end` False: the model's front end is not adapted, and its features of the support are
+    computed once (MetaConfig.adapt_front_end).
     """
-    names = inner_names(params, only)
+    frozen = frozen_front_end(model, params, MetaConfig(inner_params=tuple(only), adapt_front_end=adapt_front_end))
+    names = adapted_names(params, MetaConfig(inner_params=tuple(only)), frozen)
+    if frozen:
+        with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+            support_batch = with_local(model, (params, buffers), support_batch)
     for _ in range(steps):
         out = functional_call(model, (params, buffers), (support_batch,))
         loss = loss_fn(out, support_batch)
@@ -183,7 +214,8 @@ def meta_loss_loop(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig = Me
             # each task gets its own copy of the running statistics (share_stats: the model's own)
             bufs = buffers if share_stats else dict(buffers, **{k: buffers[k].clone() for k in stat_names})
             fast = adapt(model, params, bufs, support, loss_fn, cfg.inner_steps, cfg.inner_lr,
-                         create_graph=not cfg.first_order, only=cfg.inner_params, calibrate=cfg.calibrate, calibrate_dims=cfg.calibrate_dims)
+                         create_graph=not cfg.first_order, only=cfg.inner_params, calibrate=cfg.calibrate,
+                         calibrate_dims=cfg.calibrate_dims, adapt_front_end=cfg.adapt_front_end)
             losses.append(loss_fn(functional_call(model, (fast, bufs), (query,)), query))
             stats.append({k: bufs[k] for k in stat_names})
     if stat_names and not share_stats:
@@ -198,5 +230,6 @@ def personalize(model: nn.Module, support_batch: Batch, cfg: MetaConfig = MetaCo
     # copies, so that adapting in train mode leaves the model's running statistics alone
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     fast = adapt(model, params, buffers, support_batch, loss_fn, cfg.inner_steps, cfg.inner_lr,
-                 only=cfg.inner_params, calibrate=cfg.calibrate, calibrate_dims=cfg.calibrate_dims)
+                 only=cfg.inner_params, calibrate=cfg.calibrate, calibrate_dims=cfg.calibrate_dims,
+                 adapt_front_end=cfg.adapt_front_end)
     return {k: v.detach() for k, v in fast.items()}

@@ -46,13 +46,16 @@ def _regions(H: int, W: int) -> list[tuple[int, int, int, int, int, int]]:
 
 
 def _winners(phases: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-    """[4, ...] bool: for each window, its first pixel (row-major) holding the window's max `best` [...]."""
-    win = phases == best
-    if torch.count_nonzero(win) != best.numel():  # a tie (or NaN): keep only the first winner, as MaxPool2d
-        taken = win[0].clone()
-        for p in (1, 2, 3):
-            win[p] &= ~taken
-            taken |= win[p]
+    """[4, ...] as 0 / 1 in phases' dtype: each window's first pixel (row-major) holding its max `best` [...].
+
+    Ties are common, not rare: the first convolution's padding columns hold the same value down a window.
+    (A float mask: comparing into a float tensor and multiplying by it is several times faster here than
+    a bool mask with torch.where.)"""
+    win = torch.eq(phases, best, out=torch.empty_like(phases))
+    taken = win[0].clone()
+    for p in (1, 2, 3):  # a later phase that ties with an earlier winner loses, as in nn.MaxPool2d
+        win[p].addcmul_(win[p], taken, value=-1.0)
+        taken.add_(win[p])
     return win
 
 
@@ -91,13 +94,13 @@ class _ConvPool(torch.autograd.Function):
         taps = _taps(x)
         _, _, N, Ho, Wo = taps.shape
         C = weight.shape[0]
-        y = torch.baddbmm(bias[:, None].expand(4, C, 1), weight.expand(4, C, 3), taps.view(4, 3, -1)).view(4, C, N, Ho, Wo)
+        y = torch.bmm(weight.expand(4, C, 3), taps.view(4, 3, -1)).view(4, C, N, Ho, Wo)
         for p, (r, s, i0, i1, j0, j1) in enumerate(_regions(x.shape[1] + 2, x.shape[2] + 2)):
             _fill_border(y[p].permute(1, 2, 3, 0), i0, i1, j0, j1)  # outside the conv's map: the pool's -inf padding
-        best = y.amax(0)
+        best = y.amax(0)  # the bias is the same in every phase: added after the max
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            ctx.save_for_backward(taps, _winners(y, best).to(y.dtype))  # 0 / 1: a product is faster than where
-        return best
+            ctx.save_for_backward(taps, _winners(y, best))
+        return best + bias[:, None, None, None]
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -105,7 +108,7 @@ class _ConvPool(torch.autograd.Function):
             raise RuntimeError("adapter: the fused first block gives no gradient to its input")
         taps, win = ctx.saved_tensors
         C = g.shape[0]
-        cells = win * g.contiguous()  # [4, C, N, Ho, Wo]: each gradient at its window's winner
+        cells = win * g.contiguous()  # [4, C, N, Ho, Wo]: each window's gradient at its winner
         grad_w = torch.bmm(cells.view(4, C, -1), taps.view(4, 3, -1).transpose(1, 2)).sum(0)
         return None, grad_w, g.sum((1, 2, 3))
 

@@ -102,7 +102,8 @@ class DSAMLConfig(PresetConfig):
     # (ImageBind's output is already L2-normalised, the paper's case; raw music-tagger features are not)
 
     QUICK: ClassVar[dict] = {"d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 128, "max_rel_distance": 60,
-                             "adapter_channels": (4, 8)}  # the adapter dominates CPU time: halve its maps
+                             "adapter_channels": (4, 8),  # the adapter dominates CPU time: halve its maps
+                             "dropout": 0.0}  # no dropout masks to draw in the meta-step (docs/performance.md)
 
     def __post_init__(self) -> None:
         choices = {"frontend": ("mel", "frames"), "activation": ("gelu", "relu"), "rel_pos": ("key", "bias", "none"),
@@ -210,12 +211,14 @@ class SelfAttention(nn.Module):
         elif cfg.rel_pos == "bias":
             self.rel = nn.Parameter(torch.zeros(self.h, 2 * self.R + 1))
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, band: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """band: `allowed` holds no pair farther apart than this, so no larger distance needs scoring."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.h, self.dh).permute(2, 0, 3, 1, 4)  # each [B, H, T, dh]
         scores = q @ k.transpose(-1, -2)
-        if self.rel_pos != "none":  # only distances up to T - 1 occur: use that part of the table
-            r = min(self.R, T - 1)
+        if self.rel_pos != "none":  # only distances up to T - 1 (and the band) matter: use that part of the table
+            r = min(self.R, T - 1, T if band is None else band)  # farther pairs are masked below, whatever their score
             idx = torch.arange(T, device=x.device)
             dist = (idx[:, None] - idx[None, :]).clamp(-r, r) + r  # [T, T] in [0, 2r]
         if self.rel_pos == "key":  # q_i . r_{i-j}: score every distance once, then gather
@@ -243,8 +246,9 @@ class EncoderLayer(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, probs = self.attn(x, allowed)
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, band: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        a, probs = self.attn(x, allowed, band)
         x = self.ln1(x + self.drop(a))
         x = self.ln2(x + self.drop(self.ff2(self.act(self.ff1(x)))))
         return x, probs
@@ -257,9 +261,11 @@ class Transformer(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layers))
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, band: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """band: the largest |i - j| that `allowed` lets attend (None: any)."""
         for layer in self.layers:
-            x, probs = layer(x, allowed)
+            x, probs = layer(x, allowed, band)
         return x, probs.mean(1)
 
 
@@ -281,6 +287,7 @@ class DSAML(nn.Module):
     """The DSAML model (paper Fig. 2); ``inputs`` names the batch keys this configuration reads."""
 
     inputs: tuple[str, ...] = ("mel", "global", "mask")  # the paper configuration; set per instance
+    front_end = "adapter"  # the module whose per-step output batch["local"] can stand in for (meta.adapt_front_end)
 
     def __init__(self, cfg: DSAMLConfig | None = None):
         super().__init__()
@@ -358,9 +365,10 @@ class DSAML(nn.Module):
         allowed = mask[:, None, :] | eye  # real keys, plus a padded query's own position
         out = {}
         if cfg.use_local_attention:
-            h_l, out["attn_local"] = self.transformer(z, allowed & band_mask(T, cfg.n_local, z.device))
+            h_l, out["attn_local"] = self.transformer(z, allowed & band_mask(T, cfg.n_local, z.device), cfg.n_local)
         if cfg.use_global_attention:
-            h_g, out["attn_global"] = self.transformer(z, allowed & band_mask(T, cfg.n_global, z.device))
+            h_g, out["attn_global"] = self.transformer(z, allowed & band_mask(T, cfg.n_global, z.device),
+                                                       cfg.n_global)
         if cfg.use_local_attention and cfg.use_global_attention:
             h = torch.sigmoid(h_l + h_g)
         elif cfg.use_local_attention or cfg.use_global_attention:
