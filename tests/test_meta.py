@@ -351,3 +351,33 @@ def test_a_model_without_a_front_end_ignores_the_setting():
     cfg = MetaConfig(inner_steps=2, inner_lr=0.1)
     assert_close(meta_grad(model, tasks, MetaConfig(inner_steps=2, inner_lr=0.1, adapt_front_end=False), True),
                  meta_grad(copy.deepcopy(model), tasks, cfg, True))
+
+
+@pytest.mark.parametrize("name", ["crnn", "dnn", "mcrnn", "damff"])
+def test_baselines_keep_their_slice_encoder_as_dsaml_its_adapter(name):
+    """Every baseline names its per-slice encoder: its features, given as batch "local", give the same outputs,
+    and with meta.adapt_front_end false the meta-gradient is that of adapting every other layer."""
+    from dsaml_utils.models.registry import build_model
+    torch.manual_seed(12)
+    model = build_model(name, "quick", dropout=0.0).double()
+    prefixes = model.front_end
+    assert any(k.startswith(prefixes) for k, _ in model.named_parameters())
+
+    def batch(songs, seed):
+        b = {k: v.double() if v.is_floating_point() else v
+             for k, v in example_batch(model, steps=6, batch_size=songs, seed=seed).items()}
+        b["y"] = torch.rand(songs, 6, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        return b
+
+    tasks = [(batch(1, 20 * i), batch(2, 20 * i + 1)) for i in range(2)]
+    model.eval()
+    plain = model(tasks[0][1])["pred"]
+    local = model(tasks[0][1], local_only=True)["local"]
+    torch.testing.assert_close(model(dict(tasks[0][1], local=local))["pred"], plain)
+    model.train()
+    others = tuple(sorted({k.split(".")[0] for k, _ in model.named_parameters()} - set(prefixes)))
+    frozen = MetaConfig(inner_steps=2, inner_lr=0.05, adapt_front_end=False)
+    listed = MetaConfig(inner_steps=2, inner_lr=0.05, inner_params=others)
+    got = meta_grad(copy.deepcopy(model), tasks, frozen, batched=True)
+    assert_close(got, meta_grad(copy.deepcopy(model), tasks, frozen, batched=False))
+    assert_close(got, meta_grad(copy.deepcopy(model), tasks, listed, batched=False))

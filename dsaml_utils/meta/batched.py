@@ -236,7 +236,7 @@ def _task_losses(model: nn.Module, loss_fn: LossFn, shared: dict) -> Callable:
 
 
 def _adapt_batched(losses: Callable, params: dict[str, torch.Tensor], stats: dict, support: Batch, n: int,
-                   cfg: MetaConfig, frozen: str | None = None) -> dict[str, torch.Tensor]:
+                   cfg: MetaConfig, frozen: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Adapted parameters [n, ...] of n tasks, differentiable in `params` (to second order if asked)."""
     names = adapted_names(params, cfg, frozen)
     if not cfg.first_order:

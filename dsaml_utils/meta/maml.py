@@ -51,8 +51,9 @@ class MetaConfig:
     # support in closed form, with this ridge towards gain 1; None: no output affine (the paper)
     calibrate_dims: tuple[str, ...] = ()  # the dimensions ("arousal", "valence") the affine is fitted on; () = both
     adapt_front_end: bool = True  # the inner loop adapts the model's front end too (the paper: every parameter);
-    # False: a model that names one (DSAML: `front_end = "adapter"`) keeps it at the meta-parameters, so its
-    # features of the support are computed once per task (batch key "local") instead of at every inner step
+    # False: a model that names one (`front_end`: DSAML its adapter, the baselines their slice encoders) keeps it
+    # at the meta-parameters, so its features of the support are computed once per task (batch key "local")
+    # instead of at every inner step
 
 
 def inner_names(params: dict[str, torch.Tensor], prefixes: Sequence[str] = ()) -> list[str]:
@@ -66,17 +67,23 @@ def inner_names(params: dict[str, torch.Tensor], prefixes: Sequence[str] = ()) -
     return names
 
 
-def frozen_front_end(model: nn.Module, params: dict[str, torch.Tensor], cfg: MetaConfig) -> str | None:
-    """The prefix of the model's front end that the inner loop leaves alone (MetaConfig.adapt_front_end), or None."""
-    prefix = getattr(model, "front_end", None)
-    if cfg.adapt_front_end or not prefix or not any(k.startswith(prefix + ".") for k in params):
+def frozen_front_end(model: nn.Module, params: dict[str, torch.Tensor], cfg: MetaConfig) -> tuple[str, ...] | None:
+    """The module names of the model's front end that the inner loop leaves alone (MetaConfig.adapt_front_end,
+    a model's `front_end`: a name or a tuple of names), or None."""
+    names = getattr(model, "front_end", None)
+    names = (names,) if isinstance(names, str) else tuple(names or ())
+    if cfg.adapt_front_end or not any(_under(k, names) for k in params):
         return None
-    return prefix
+    return names
 
 
-def adapted_names(params: dict[str, torch.Tensor], cfg: MetaConfig, frozen: str | None = None) -> list[str]:
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name.startswith(p + ".") for p in prefixes)
+
+
+def adapted_names(params: dict[str, torch.Tensor], cfg: MetaConfig, frozen: Sequence[str] | None = None) -> list[str]:
     """`inner_names` of cfg.inner_params, less the frozen front end's parameters."""
-    names = [k for k in inner_names(params, cfg.inner_params) if not (frozen and k.startswith(frozen + "."))]
+    names = [k for k in inner_names(params, cfg.inner_params) if not (frozen and _under(k, frozen))]
     if not names:
         raise ValueError(f"meta.inner_params {tuple(cfg.inner_params)} leaves nothing to adapt once the front end "
                          f"{frozen!r} is kept (meta.adapt_front_end false)")

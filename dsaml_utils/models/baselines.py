@@ -66,6 +66,7 @@ class CRNN(nn.Module):
     """
 
     inputs: tuple[str, ...] = ("mel", "mask")
+    front_end = ("conv",)  # the per-slice encoder (meta.adapt_front_end)
 
     def __init__(self, cfg: CRNNConfig | None = None):
         super().__init__()
@@ -83,11 +84,10 @@ class CRNN(nn.Module):
         h = self.conv(mel[:, None])  # [N, C, F, M/pool]
         return h.mean(2).flatten(1)  # average over the slice's frames
 
-    def forward(self, batch: dict) -> dict:
-        mel = require(batch, "mel", "crnn", "[B, T, F, M] log-mel per slice")
-        _check_shape(mel, "mel", "crnn", (self.cfg.n_frames, self.cfg.n_mels))
-        mask = step_mask(batch, *mel.shape[:2], mel.device)
-        z = per_step(self.encode, mel, mask)
+    def forward(self, batch: dict, local_only: bool = False) -> dict:
+        z, mask = _steps(self, batch, "mel", "crnn", (self.cfg.n_frames, self.cfg.n_mels), "[B, T, F, M] log-mel per slice")
+        if local_only:
+            return {"local": z}
         outs = [head(self.drop(rnn(z, mask))) for rnn, head in zip(self.branches, self.heads)]
         return _output(torch.cat(outs, -1))
 
@@ -119,6 +119,7 @@ class DNN(nn.Module):
     """
 
     inputs: tuple[str, ...] = ("wave", "mask")
+    front_end = ("conv",)  # the per-slice encoder (meta.adapt_front_end)
 
     def __init__(self, cfg: DNNConfig | None = None):
         super().__init__()
@@ -137,11 +138,12 @@ class DNN(nn.Module):
         """[N, S] raw slices -> [N, C] slice vectors."""
         return self.conv(wave[:, None]).amax(-1)
 
-    def forward(self, batch: dict) -> dict:
-        wave = require(batch, "wave", "dnn", f"[B, T, S] raw slices at {self.cfg.sample_rate} Hz")
-        _check_shape(wave, "wave", "dnn", (self.cfg.sample_rate // 2,))
-        mask = step_mask(batch, *wave.shape[:2], wave.device)
-        h = self.rnn(per_step(self.encode, wave, mask), mask)
+    def forward(self, batch: dict, local_only: bool = False) -> dict:
+        z, mask = _steps(self, batch, "wave", "dnn", (self.cfg.sample_rate // 2,),
+                         f"[B, T, S] raw slices at {self.cfg.sample_rate} Hz")
+        if local_only:
+            return {"local": z}
+        h = self.rnn(z, mask)
         return _output(self.head(self.drop(h)))
 
 
@@ -170,6 +172,7 @@ class MCRNN(nn.Module):
     """
 
     inputs: tuple[str, ...] = ("wave", "mask")
+    front_end = ("views",)  # the per-slice encoder (meta.adapt_front_end)
 
     def __init__(self, cfg: MCRNNConfig | None = None):
         super().__init__()
@@ -186,11 +189,12 @@ class MCRNN(nn.Module):
         x = wave[:, None]
         return torch.cat([view(x).amax(-1) for view in self.views], -1)
 
-    def forward(self, batch: dict) -> dict:
-        wave = require(batch, "wave", "mcrnn", f"[B, T, S] raw slices at {self.cfg.sample_rate} Hz")
-        _check_shape(wave, "wave", "mcrnn", (self.cfg.sample_rate // 2,))
-        mask = step_mask(batch, *wave.shape[:2], wave.device)
-        h = self.rnn(per_step(self.encode, wave, mask), mask)
+    def forward(self, batch: dict, local_only: bool = False) -> dict:
+        z, mask = _steps(self, batch, "wave", "mcrnn", (self.cfg.sample_rate // 2,),
+                         f"[B, T, S] raw slices at {self.cfg.sample_rate} Hz")
+        if local_only:
+            return {"local": z}
+        h = self.rnn(z, mask)
         return _output(self.head(self.drop(h)))
 
 
@@ -223,6 +227,7 @@ class DAMFF(nn.Module):
     """
 
     inputs: tuple[str, ...] = ("mel", "mask")
+    front_end = ("branches", "channel_mlp", "spatial", "conv", "proj")  # the per-slice encoder (meta.adapt_front_end)
 
     def __init__(self, cfg: DAMFFConfig | None = None):
         super().__init__()
@@ -252,12 +257,27 @@ class DAMFF(nn.Module):
         h = h * s  # spatial attention
         return torch.relu(self.proj(self.squeeze(self.conv(h)).flatten(1)))
 
-    def forward(self, batch: dict) -> dict:
-        mel = require(batch, "mel", "damff", "[B, T, F, M] log-mel per slice")
-        _check_shape(mel, "mel", "damff", (self.cfg.n_frames, self.cfg.n_mels))
-        mask = step_mask(batch, *mel.shape[:2], mel.device)
-        h = self.rnn(per_step(self.encode, mel, mask), mask)
+    def forward(self, batch: dict, local_only: bool = False) -> dict:
+        z, mask = _steps(self, batch, "mel", "damff", (self.cfg.n_frames, self.cfg.n_mels),
+                         "[B, T, F, M] log-mel per slice")
+        if local_only:
+            return {"local": z}
+        h = self.rnn(z, mask)
         return _output(self.head(self.drop(h)))
+
+
+def _steps(model: nn.Module, batch: dict, key: str, name: str, tail: tuple[int, ...], what: str
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The front end's per-step features [B, T, E] (padded steps zero) and the step mask: batch["local"] when
+    given (computed once by forward(local_only=True), meta.adapt_front_end), else model.encode slice by slice."""
+    if batch.get("local") is not None:
+        z = batch["local"]
+        mask = step_mask(batch, *z.shape[:2], z.device)
+        return z * mask[..., None].to(z.dtype), mask
+    x = require(batch, key, name, what)
+    _check_shape(x, key, name, tail)
+    mask = step_mask(batch, *x.shape[:2], x.device)
+    return per_step(model.encode, x, mask), mask
 
 
 BASELINES: dict[str, tuple[type[nn.Module], type]] = {

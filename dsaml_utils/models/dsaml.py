@@ -287,7 +287,7 @@ class DSAML(nn.Module):
     """The DSAML model (paper Fig. 2); ``inputs`` names the batch keys this configuration reads."""
 
     inputs: tuple[str, ...] = ("mel", "global", "mask")  # the paper configuration; set per instance
-    front_end = "adapter"  # the module whose per-step output batch["local"] can stand in for (meta.adapt_front_end)
+    front_end = ("adapter",)  # the modules whose per-step output batch["local"] stands in for (meta.adapt_front_end)
 
     def __init__(self, cfg: DSAMLConfig | None = None):
         super().__init__()

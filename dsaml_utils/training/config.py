@@ -349,9 +349,10 @@ REASONS = {
                       "0.172 +- 0.011 (no personalization: 0.599 / 0.105); on both dimensions arousal fell to 0.641",
     "meta.calibrate_dims": "the output affine fitted on valence only: SGD steps adapt arousal well, the closed "
                            "form on arousal too cost it (arousal 0.641 +- 0.047 against 0.693 +- 0.024)",
-    "meta.adapt_front_end": "the inner loop adapts every parameter but the adapter's (kept at the meta-parameters, "
-                            "still meta-learnt), so each task's support goes through the adapter once instead of at "
-                            "every inner step: a meta-step 0.37 -> 0.27 s on one CPU thread. Measured on the "
+    "meta.adapt_front_end": "the inner loop adapts every parameter but the front end's (DSAML's adapter, the "
+                            "baselines' slice encoders; kept at the meta-parameters, still meta-learnt), so each "
+                            "task's support goes through it once instead of at every inner step: a DSAML meta-step "
+                            "0.37 -> 0.27 s on one CPU thread. Measured on the "
                             "personalization experiment (seeds 0-2, listeners' other songs, 1-shot, with dropout): "
                             "MAML arousal 0.708 +- 0.012 -> 0.672 +- 0.012, valence 0.184 +- 0.043 -> 0.201 +- 0.057 "
                             "(docs/performance.md)",
