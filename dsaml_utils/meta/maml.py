@@ -174,8 +174,9 @@ def adapt(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, 
     `adapt_front_end` False: the model's front end is not adapted, and its features of the support are
     computed once (MetaConfig.adapt_front_end).
     """
-    frozen = frozen_front_end(model, params, MetaConfig(inner_params=tuple(only), adapt_front_end=adapt_front_end))
-    names = adapted_names(params, MetaConfig(inner_params=tuple(only)), frozen)
+    cfg = MetaConfig(inner_params=tuple(only), adapt_front_end=adapt_front_end)
+    frozen = frozen_front_end(model, params, cfg)
+    names = adapted_names(params, cfg, frozen)
     if frozen:
         with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
             support_batch = with_local(model, (params, buffers), support_batch)

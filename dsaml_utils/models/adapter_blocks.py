@@ -39,10 +39,10 @@ def _valid(n: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return (1, n // 2 + 1), (0, (n + 1) // 2)
 
 
-def _regions(H: int, W: int) -> list[tuple[int, int, int, int, int, int]]:
-    """Per phase p = 2r + s (row-major in the window): (r, s, i0, i1, j0, j1), its pooled indices with a pixel."""
+def _regions(H: int, W: int) -> list[tuple[int, int, int, int]]:
+    """Per phase p = 2r + s (row-major in the window): (i0, i1, j0, j1), its pooled indices with a pixel."""
     rows, cols = _valid(H), _valid(W)
-    return [(r, s, *rows[r], *cols[s]) for r in (0, 1) for s in (0, 1)]
+    return [(*rows[r], *cols[s]) for r in (0, 1) for s in (0, 1)]
 
 
 def _winners(phases: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
@@ -95,8 +95,8 @@ class _ConvPool(torch.autograd.Function):
         _, _, N, Ho, Wo = taps.shape
         C = weight.shape[0]
         y = torch.bmm(weight.expand(4, C, 3), taps.view(4, 3, -1)).view(4, C, N, Ho, Wo)
-        for p, (r, s, i0, i1, j0, j1) in enumerate(_regions(x.shape[1] + 2, x.shape[2] + 2)):
-            _fill_border(y[p].permute(1, 2, 3, 0), i0, i1, j0, j1)  # outside the conv's map: the pool's -inf padding
+        for p, region in enumerate(_regions(x.shape[1] + 2, x.shape[2] + 2)):
+            _fill_border(y[p].permute(1, 2, 3, 0), *region)  # outside the conv's map: the pool's -inf padding
         best = y.amax(0)  # the bias is the same in every phase: added after the max
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             ctx.save_for_backward(taps, _winners(y, best))

@@ -141,10 +141,7 @@ class DNN(nn.Module):
     def forward(self, batch: dict, local_only: bool = False) -> dict:
         z, mask = _steps(self, batch, "wave", "dnn", (self.cfg.sample_rate // 2,),
                          f"[B, T, S] raw slices at {self.cfg.sample_rate} Hz")
-        if local_only:
-            return {"local": z}
-        h = self.rnn(z, mask)
-        return _output(self.head(self.drop(h)))
+        return {"local": z} if local_only else _rnn_output(self, z, mask)
 
 
 @dataclass
@@ -192,10 +189,7 @@ class MCRNN(nn.Module):
     def forward(self, batch: dict, local_only: bool = False) -> dict:
         z, mask = _steps(self, batch, "wave", "mcrnn", (self.cfg.sample_rate // 2,),
                          f"[B, T, S] raw slices at {self.cfg.sample_rate} Hz")
-        if local_only:
-            return {"local": z}
-        h = self.rnn(z, mask)
-        return _output(self.head(self.drop(h)))
+        return {"local": z} if local_only else _rnn_output(self, z, mask)
 
 
 @dataclass
@@ -260,10 +254,7 @@ class DAMFF(nn.Module):
     def forward(self, batch: dict, local_only: bool = False) -> dict:
         z, mask = _steps(self, batch, "mel", "damff", (self.cfg.n_frames, self.cfg.n_mels),
                          "[B, T, F, M] log-mel per slice")
-        if local_only:
-            return {"local": z}
-        h = self.rnn(z, mask)
-        return _output(self.head(self.drop(h)))
+        return {"local": z} if local_only else _rnn_output(self, z, mask)
 
 
 def _steps(model: nn.Module, batch: dict, key: str, name: str, tail: tuple[int, ...], what: str
@@ -278,6 +269,11 @@ def _steps(model: nn.Module, batch: dict, key: str, name: str, tail: tuple[int, 
     _check_shape(x, key, name, tail)
     mask = step_mask(batch, *x.shape[:2], x.device)
     return per_step(model.encode, x, mask), mask
+
+
+def _rnn_output(model: nn.Module, z: torch.Tensor, mask: torch.Tensor) -> dict:
+    """The recurrent layer over the per-step features, dropout and the linear head: the model's output."""
+    return _output(model.head(model.drop(model.rnn(z, mask))))
 
 
 BASELINES: dict[str, tuple[type[nn.Module], type]] = {

@@ -162,8 +162,8 @@ class Adapter(nn.Module):
 
     Each block is conv -> norm -> ReLU -> max-pool (the modules, and so the state dict, are in that
     order). Forward computes the same function in a cheaper order, exact up to float rounding
-    (`models.adapter_blocks`: norm folded into the convolution or applied after the pool, ReLU after the
-    pool, the first block's convolution and pool fused, channels-last activations).
+    (`models.adapter_blocks`: BatchNorm folded into the convolution where its statistics are known
+    beforehand, ReLU after the pool, the first block's convolution and pool fused, channels-last activations).
     """
 
     def __init__(self, cfg: DSAMLConfig):
