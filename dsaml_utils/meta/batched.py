@@ -8,7 +8,8 @@ Two implementations give the same meta-gradient:
   differentiates through it: the gradient of the summed task losses with respect to the per-task
   parameters is each task's own gradient. Linear layers and attention then run as batched matmuls over
   all tasks; recurrent layers (no vmap batching rule) and convolution blocks (which vmap would turn into
-  slow grouped convolutions) are called once per task inside the vmap (`per_task_modules`).
+  slow grouped convolutions) are called once per task inside the vmap (`per_task_modules`), except GRUs
+  and (second order) LSTMs, whose recurrence then runs once for all tasks (`meta.task_rnn`).
   (torch.func.grad inside vmap, the textbook alternative, gave wrong second-order gradients through the
   fused BatchNorm / LayerNorm kernels with torch 2.13: off by ~1e-3 against the loop; plain autograd
   through vmap has no such problem.)
@@ -37,6 +38,7 @@ import torch.nn as nn
 from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from dsaml_utils.meta import task_rnn
 from dsaml_utils.meta.maml import (
     TIME_KEYS,
     Batch,
@@ -84,7 +86,7 @@ class _PerTask(torch.autograd.Function):
     """Calls a module once per task under vmap; plain autograd records each call's own kernels."""
 
     @staticmethod
-    def forward(module, names, n_tensors, *args):
+    def forward(module, names, n_tensors, twice, *args):
         raise RuntimeError("per-task modules run only under torch.func.vmap")
 
     @staticmethod
@@ -96,8 +98,14 @@ class _PerTask(torch.autograd.Function):
         raise RuntimeError("per-task modules are differentiated by plain autograd, outside vmap")
 
     @staticmethod
-    def vmap(info, in_dims, module, names, n_tensors, *args):
-        dims = in_dims[3:]
+    def vmap(info, in_dims, module, names, n_tensors, twice, *args):
+        dims = in_dims[4:]
+        if task_rnn.supported(module, len(args) - n_tensors, twice):  # every task in one recurrence
+            n = info.batch_size
+            own = [a.unsqueeze(0).expand(n, *a.shape) if d is None else a.movedim(d, 0) for a, d in zip(args, dims)]
+            out = task_rnn.run(module, dict(zip(names, own[:n_tensors])), own[n_tensors])
+            leaves, spec = tree_flatten(out)
+            return out, tree_unflatten([0] * len(leaves), spec)
         outs = []
         for i in range(info.batch_size):
             own = [a if d is None else a.select(d, i) for a, d in zip(args, dims)]
@@ -140,7 +148,7 @@ def _unpatched(module: nn.Module) -> Iterator[None]:
         module.forward = patched
 
 
-def _per_task_forward(module: nn.Module, *args, **kwargs):
+def _per_task_forward(module: nn.Module, twice: bool, *args, **kwargs):
     if kwargs:
         raise TypeError(f"{type(module).__name__} is run per task in the batched meta-step: pass its inputs "
                         f"positionally, not as {sorted(kwargs)}")
@@ -149,21 +157,22 @@ def _per_task_forward(module: nn.Module, *args, **kwargs):
     if not any(torch._C._functorch.is_batchedtensor(t) for t in tensors):
         with _unpatched(module):  # not under vmap over tasks: an ordinary call
             return module(*args)
-    return _PerTask.apply(module, [k for k, _ in state], len(state), *[v for _, v in state], *args)
+    return _PerTask.apply(module, [k for k, _ in state], len(state), twice, *[v for _, v in state], *args)
 
 
 @contextlib.contextmanager
-def vmap_ready(model: nn.Module) -> Iterator[nn.Module]:
+def vmap_ready(model: nn.Module, second_order: bool = False) -> Iterator[nn.Module]:
     """Make the model's forward work under torch.func.vmap over tasks, differentiated by plain autograd.
 
     Each module of `per_task_modules` is called once per task (see there) while the rest of the model
     runs batched; nn.LSTM / nn.GRU have no batching rule, so this is also what makes them run at all.
-    Supports vmap with plain autograd outside it (not torch.func.grad inside vmap).
+    Supports vmap with plain autograd outside it (not torch.func.grad inside vmap). Recurrent layers that
+    `task_rnn` supports run for all tasks at once instead (LSTMs only with `second_order`, see there).
     """
     names = set(per_task_modules(model))
     patched = [m for name, m in model.named_modules() if name in names]
     for m in patched:
-        m.forward = functools.partial(_per_task_forward, m)
+        m.forward = functools.partial(_per_task_forward, m, second_order)
     try:
         yield model
     finally:
@@ -309,7 +318,7 @@ def meta_loss_batched(model: nn.Module, tasks: Sequence[Task], cfg: MetaConfig =
     frozen = frozen_front_end(model, params, cfg)
     chunk = cfg.task_chunk or len(tasks)
     out = []
-    with vmap_ready(model), _meta_context(not cfg.first_order):
+    with vmap_ready(model, not cfg.first_order), _meta_context(not cfg.first_order):
         for i in range(0, len(tasks), chunk):
             part = tasks[i:i + chunk]
             support = stack_batches([s for s, _ in part])
