@@ -30,7 +30,6 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import torch
-from scipy import stats
 
 VAR_EPS = 1e-12
 """A sequence whose (population) variance is at most this counts as constant."""
@@ -90,6 +89,8 @@ def kendall_tau(pred: np.ndarray, target: np.ndarray) -> float:
     p, t = _check_pair(pred, target)
     if p.var() <= VAR_EPS or t.var() <= VAR_EPS:
         return 0.0
+    from scipy import stats  # imported here: scipy.stats costs half a second at import, every kernel would pay it
+
     return float(stats.kendalltau(p, t, variant="b").statistic)
 
 
@@ -134,6 +135,8 @@ def interval(values: Iterable[float], method: str = "t", level: float = 0.95, n_
     if n < 2:
         return {"mean": mean, "lo": math.nan, "hi": math.nan, "n": n}
     if method == "t":
+        from scipy import stats
+
         half = stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
         lo, hi = mean - half, mean + half
     elif method == "bootstrap":

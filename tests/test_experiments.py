@@ -13,6 +13,7 @@ from dsaml_utils.experiments import tables as tables_module
 from dsaml_utils.cli import main as cli_main
 from dsaml_utils.errors import RunConflict, UserError
 from dsaml_utils.experiments.plan import (
+    UPDATE_SECONDS,
     WORKBOOK_PLAN,
     job_cost,
     plan_jobs,
@@ -184,9 +185,14 @@ def test_plan_jobs_dedupe_folders_and_schedule_sources_first(tiny_root, tiny_cac
     starts_from = [j for j in jobs if j.after is not None]
     assert len(starts_from) == 2 and all(position[j.after] < position[j.folder] for j in starts_from)
     assert all(j.cfg.init == str(j.after) for j in starts_from)
-    # longest first, counting the runs that start from a run: MCRNN (3x DSAML) and DSAML DMER + its MAML run
-    assert {j.folder.parent.name for j in order[:3]} == {"mcrnn-dmer-traditional", "dsaml-dmer-traditional"}
-    assert order[-1].folder.parent.name == "crnn-dmer-traditional" and job_cost(order[-1].cfg) == 2.0
+    # longest first, counting the runs that start from a run (DSAML DMER: its own cost plus its MAML run's)
+    cost = {j.folder: job_cost(j.cfg) for j in jobs}
+    chain = [cost[j.folder] + sum(cost[k.folder] for k in starts_from if k.after == j.folder) for j in order]
+    assert chain == sorted(chain, reverse=True) and len(set(chain)) > 3
+    assert order[0].folder.parent.name == "mcrnn-dmer-traditional"
+    assert job_cost(order[0].cfg) == pytest.approx(base.train.steps * UPDATE_SECONDS["mcrnn"][0])
+    dsaml_dmer = next(j for j in jobs if j.folder.parent.name == "dsaml-dmer-traditional")
+    assert chain[position[dsaml_dmer.folder]] > cost[dsaml_dmer.folder]
     with pytest.raises(UserError, match="workers must be at least 1"):
         train_plan({"table1": [0]}, base, tmp_path, workers=0, progress=False)
 

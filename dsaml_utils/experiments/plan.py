@@ -44,9 +44,11 @@ WORKBOOK_PLAN: dict[str, int] = {"table1": 1, "table2": 1, "table3": 1, "table4"
 NEEDS_LISTENERS = ("table2", "table4", "kshot", "order", "personalization")
 """Experiments with PDMER rows: left out of the plan for a dataset without listener identities."""
 
-MODEL_COST = {"dsaml": 1.0, "crnn": 0.5, "dnn": 1.5, "damff": 1.2, "mcrnn": 3.0}
-"""Seconds per update relative to DSAML (quick preset, CPU); only used to start the longest runs first.
-Models not named (the frame-feature family) count 0.1: they read 260 numbers per step, not a log-mel slice."""
+UPDATE_SECONDS = {"dsaml": (0.11, 0.20), "crnn": (0.18, 0.30), "dnn": (0.36, 0.46), "damff": (0.30, 0.35),
+                  "mcrnn": (0.67, 0.75)}
+"""Model -> seconds per (DMER update, first-order MAML meta-step), quick preset, one thread (measured on
+the project's 2-core CPU, median of 5); only used to start the longest runs first. Second-order MAML costs
+2.2x a first-order step; models not named (the frame-feature family: 260 numbers per step) 0.02 s."""
 
 
 def workbook_plan(seed: int = 0, personalized: bool = True) -> dict[str, list[int]]:
@@ -78,10 +80,11 @@ def plan_jobs(plan: dict[str, list[int]], base: RunConfig, out: str | Path) -> l
 
 
 def job_cost(cfg: RunConfig) -> float:
-    """Rough relative cost of a run: updates x model x (MAML: 2, second order: 3)."""
-    maml = (2.0 if cfg.meta.first_order else 3.0) if cfg.maml else 1.0
+    """Rough seconds of training a run: updates x seconds per update (UPDATE_SECONDS)."""
     frames = cfg.model_config.get("frontend") == "frames"
-    return cfg.train.steps * (0.1 if frames else MODEL_COST.get(cfg.model, 0.1)) * maml
+    dmer, maml = (0.02, 0.02) if frames else UPDATE_SECONDS.get(cfg.model, (0.02, 0.02))
+    per_update = (maml * (1.0 if cfg.meta.first_order else 2.2)) if cfg.maml else dmer
+    return cfg.train.steps * per_update
 
 
 def schedule(jobs: list[Job]) -> list[Job]:

@@ -46,7 +46,6 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-import nbformat
 import torch
 from tqdm.auto import tqdm
 
@@ -162,12 +161,20 @@ def default_jobs(params: WorkbookParams) -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+def _read(path: str | Path):
+    """A notebook as nbformat v4 (nbformat is imported here: its schema validator takes about a second to
+    import, which every notebook kernel would pay through workbook.session)."""
+    import nbformat
+
+    return nbformat.read(Path(path), as_version=4)
+
+
 _CALL = re.compile(r"""\bwb\.(?:experiment|ensure|load)\(\s*["']([^"']+)["']""")
 
 
 def notebook_experiments(path: str | Path) -> list[str]:
     """The experiments whose runs a notebook trains or loads (`wb.experiment`, `wb.ensure`, `wb.load`)."""
-    nb = nbformat.read(Path(path), as_version=4)
+    nb = _read(path)
     names = [m for c in nb.cells if c.cell_type == "code" for m in _CALL.findall(c.source)]
     return list(dict.fromkeys(names))
 
@@ -212,7 +219,7 @@ def list_notebooks(notebooks_dir: str | Path = NOTEBOOKS_DIR, only: list[str] | 
     return sorted(picked)
 
 
-def parameters_cell(nb: nbformat.NotebookNode) -> int | None:
+def parameters_cell(nb) -> int | None:
     """Index of the cell tagged "parameters" (None when there is none)."""
     for i, cell in enumerate(nb.cells):
         if "parameters" in cell.get("metadata", {}).get("tags", []):
@@ -223,7 +230,7 @@ def parameters_cell(nb: nbformat.NotebookNode) -> int | None:
 def storage_problems(path: str | Path) -> list[str]:
     """What keeps a stored notebook from being clean: outputs, execution counts, no parameters cell."""
     path = Path(path)
-    nb = nbformat.read(path, as_version=4)
+    nb = _read(path)
     problems = []
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None):
@@ -239,7 +246,7 @@ def storage_problems(path: str | Path) -> list[str]:
 def strip_outputs(path: str | Path) -> bool:
     """Remove outputs and execution counts from a notebook in place; True when it changed."""
     path = Path(path)
-    nb = nbformat.read(path, as_version=4)
+    nb = _read(path)
     changed = False
     for cell in nb.cells:
         if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
@@ -248,6 +255,8 @@ def strip_outputs(path: str | Path) -> bool:
             del cell.metadata["execution"]
             changed = True
     if changed:
+        import nbformat
+
         nbformat.write(nb, path)
     return changed
 
@@ -344,7 +353,7 @@ NO_LISTENERS = ("pmemo",)
 
 def skip_reason(path: Path, params: WorkbookParams) -> str | None:
     """Why a notebook cannot run with these parameters (its metadata "dsaml" says what it needs), or None."""
-    needs = nbformat.read(path, as_version=4).metadata.get("dsaml", {})
+    needs = _read(path).metadata.get("dsaml", {})
     if needs.get("needs_listeners") and params.dataset in NO_LISTENERS:
         return f"dataset {params.dataset!r} has no listener identities, so no personalized (PDMER) experiments"
     return None

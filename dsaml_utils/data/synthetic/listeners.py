@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import lfilter
 
 from dsaml_utils.data.synthetic.config import (
     CONTROL_RATE,
@@ -73,6 +72,8 @@ def annotate(lat: np.ndarray, lst: Listener, lm: ListenerModel, rng: np.random.G
         level = np.clip(np.asarray(lst.offset) + rng.normal(0, 0.1, 2), -0.8, 0.8)
         ramp = np.clip(np.arange(n) / (5 * CONTROL_RATE), 0, 1)[:, None]
         return np.clip(level * ramp + rng.normal(0, 0.002, (n, 2)), -1, 1)
+    from scipy.signal import lfilter  # imported here: scipy.signal takes most of a second to import
+
     x = lat.copy()
     if lst.invert_valence:
         x[:, 1] = -x[:, 1]
