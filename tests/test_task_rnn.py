@@ -1,11 +1,15 @@
 """meta.task_rnn: every task's recurrent layer in one loop equals calling the module once per task."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
 from torch.func import functional_call
 
 from dsaml_utils.meta import task_rnn
+from dsaml_utils.meta.batched import meta_loss_batched
+from dsaml_utils.meta.maml import MetaConfig, meta_loss_loop
 
 
 def per_task_weights(module: nn.Module, n: int, seed: int) -> dict[str, torch.Tensor]:
@@ -55,11 +59,6 @@ def test_supported_takes_plain_grus_and_second_order_lstms_only():
 
 @pytest.mark.parametrize("first_order", [True, False])
 def test_the_batched_meta_step_runs_grus_in_one_loop_and_equals_the_task_loop(first_order, monkeypatch):
-    import copy
-
-    from dsaml_utils.meta.batched import meta_loss_batched
-    from dsaml_utils.meta.maml import MetaConfig, meta_loss_loop
-
     class Net(nn.Module):
         def __init__(self):
             super().__init__()

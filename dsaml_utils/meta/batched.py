@@ -86,7 +86,7 @@ class _PerTask(torch.autograd.Function):
     """Calls a module once per task under vmap; plain autograd records each call's own kernels."""
 
     @staticmethod
-    def forward(module, names, n_tensors, twice, *args):
+    def forward(module, names, n_tensors, second_order, *args):
         raise RuntimeError("per-task modules run only under torch.func.vmap")
 
     @staticmethod
@@ -98,9 +98,9 @@ class _PerTask(torch.autograd.Function):
         raise RuntimeError("per-task modules are differentiated by plain autograd, outside vmap")
 
     @staticmethod
-    def vmap(info, in_dims, module, names, n_tensors, twice, *args):
+    def vmap(info, in_dims, module, names, n_tensors, second_order, *args):
         dims = in_dims[4:]
-        if task_rnn.supported(module, len(args) - n_tensors, twice):  # every task in one recurrence
+        if task_rnn.supported(module, len(args) - n_tensors, second_order):  # every task in one recurrence
             n = info.batch_size
             own = [a.unsqueeze(0).expand(n, *a.shape) if d is None else a.movedim(d, 0) for a, d in zip(args, dims)]
             out = task_rnn.run(module, dict(zip(names, own[:n_tensors])), own[n_tensors])
@@ -148,7 +148,7 @@ def _unpatched(module: nn.Module) -> Iterator[None]:
         module.forward = patched
 
 
-def _per_task_forward(module: nn.Module, twice: bool, *args, **kwargs):
+def _per_task_forward(module: nn.Module, second_order: bool, *args, **kwargs):
     if kwargs:
         raise TypeError(f"{type(module).__name__} is run per task in the batched meta-step: pass its inputs "
                         f"positionally, not as {sorted(kwargs)}")
@@ -157,7 +157,7 @@ def _per_task_forward(module: nn.Module, twice: bool, *args, **kwargs):
     if not any(torch._C._functorch.is_batchedtensor(t) for t in tensors):
         with _unpatched(module):  # not under vmap over tasks: an ordinary call
             return module(*args)
-    return _PerTask.apply(module, [k for k, _ in state], len(state), twice, *[v for _, v in state], *args)
+    return _PerTask.apply(module, [k for k, _ in state], len(state), second_order, *[v for _, v in state], *args)
 
 
 @contextlib.contextmanager
