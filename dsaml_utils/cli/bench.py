@@ -12,11 +12,7 @@ import torch
 
 from dsaml_utils.errors import UserError
 from dsaml_utils.experiments import against
-from dsaml_utils.experiments.bench import (
-    DEFAULT_CASES,
-    format_report,
-    run_bench,
-)
+from dsaml_utils.experiments.bench import DEFAULT_CASES, WARMUP, format_report, run_bench
 from dsaml_utils.runtime import keep_freed_memory
 
 CASE_OPTIONS = ("tasks", "inner_steps", "query_songs", "steps", "personalize_steps")
@@ -84,7 +80,7 @@ def _command(args: argparse.Namespace) -> int:
     if given:
         raise UserError(f"{', '.join(given)}: options of `dsaml bench --against REV` only")
     if args.warmup is None:
-        args.warmup = 1
+        args.warmup = WARMUP
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available")
@@ -121,7 +117,7 @@ def register(subparsers) -> None:
     p.add_argument("--personalize-steps", type=int, help="inner steps when personalizing (default 16)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each way (median reported); "
                    "with --against: interleaved rounds, one process per tree and path each")
-    p.add_argument("--warmup", type=int, help="untimed runs of each way first (default 1); with --against: "
+    p.add_argument("--warmup", type=int, help=f"untimed runs of each way first (default {WARMUP}); with --against: "
                    "untimed updates per process (default 2)")
     p.add_argument("--seed", type=int, default=0, help="with --against: train.seed of every run")
     p.add_argument("--threads", type=int, nargs="+", help="torch intra-op thread counts to time, e.g. 1 2 "

@@ -1,7 +1,7 @@
 """`dsaml bench`: the batched (vmap) MAML meta-step against the per-task loop, and personalization time.
 
 One run measures, for each DSAML preset, one outer update (`meta_step`) done both ways on the same
-tasks from the same model state and seed: one warm-up of each, then `repeats` timed runs, interleaved
+tasks from the same model state and seed: `WARMUP` warm-ups of each, then `repeats` timed runs, interleaved
 (loop then batched, then batched then loop, ...), reporting medians and the ratio loop / batched (> 1
 means batching is faster). It also times personalizing one new listener: adapting on one support song
 (`meta.personalize`) and predicting one song. Inputs are random tensors of the real shapes (60 steps of
@@ -61,6 +61,13 @@ DEFAULT_CASES = {
 }
 
 
+WARMUP = 2
+"""Untimed meta-steps of each way before the timed ones. Two, because the batched step's first two calls still
+grow the process's heap to its larger peak (paper preset, measured: 434 k and 98 k minor page faults, then
+none; the loop's first call alone does): with one warm-up, a timed batched step paid about a second of
+page faults that no later step of a training run pays (docs/performance.md, round four)."""
+
+
 TINY_MODEL = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, n_frames=11, n_mels=24, global_dim=16,
                   max_rel_distance=8)
 """Field overrides on the quick model for the "smoke" case: a toy size, so that tests time it in seconds."""
@@ -91,7 +98,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_meta_step(model: torch.nn.Module, case: BenchCase, repeats: int = 3, warmup: int = 1, seed: int = 0,
+def time_meta_step(model: torch.nn.Module, case: BenchCase, repeats: int = 3, warmup: int = WARMUP, seed: int = 0,
                    device: str = "cpu", progress: bool = True) -> dict[str, list[float]]:
     """Seconds per meta-step, loop and batched, each from the same model/optimizer state and seed."""
     cfg = MetaConfig(inner_steps=case.inner_steps, tasks_per_step=case.tasks,
@@ -138,7 +145,7 @@ def time_personalize(model: torch.nn.Module, case: BenchCase, repeats: int = 3, 
     return out
 
 
-def run_bench(cases: list[BenchCase], repeats: int = 3, warmup: int = 1, seed: int = 0, device: str = "cpu",
+def run_bench(cases: list[BenchCase], repeats: int = 3, warmup: int = WARMUP, seed: int = 0, device: str = "cpu",
               threads: list[int] | None = None, progress: bool = True) -> dict:
     """Time every case at each intra-op thread count; returns the report (keys: see `format_report`)."""
     threads = threads or [torch.get_num_threads()]
@@ -181,7 +188,7 @@ def format_report(report: dict) -> str:
     """
     lines = [f"dsaml bench: device {report['device']} ({report['machine']}, {report['cpu_count']} cpus), "
              f"torch {report['torch']}, first-order MAML, median of {report['repeats']} interleaved runs after "
-             f"{report['warmup']} warm-up; malloc keeps freed memory: {report.get('malloc_tuned', False)}; "
+             f"{report['warmup']} warm-up{'s' if report['warmup'] != 1 else ''} of each; malloc keeps freed memory: {report.get('malloc_tuned', False)}; "
              f"OMP_WAIT_POLICY {report['omp_wait_policy']}",
              f"{'preset':<7} {'params':>11} {'threads':>7}  {'meta-batch: tasks x inner steps, 1+query songs':<46} "
              f"{'loop s':>8} {'batched s':>9} {'loop/batched':>12} {'personalize s':>13} {'load':>10}"]
